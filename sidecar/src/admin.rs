@@ -1,0 +1,303 @@
+//! The admin HTTP API: probes, metrics, status, and drains.
+//!
+//! Reads are open (the kubelet probes, Prometheus scrapes). Mutations — starting or
+//! cancelling a drain — close agents' connections, so they answer only loopback callers, or,
+//! with `--admin-token-file`, only callers presenting that bearer token.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::clock;
+use crate::drain::{DrainProgress, DrainRequest};
+use crate::metrics::{CloseCause, Refusal};
+use crate::server::Shared;
+
+/// Largest request body accepted (a drain request is a few dozen bytes).
+const MAX_BODY: usize = 4096;
+
+type Reply = Response<Full<Bytes>>;
+
+/// Serves the admin API until the task is dropped.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(err) => {
+                tracing::warn!(error = %err, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(req, peer, &shared).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn route(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Reply {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if !shared.accepting() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining: not accepting\n")
+            } else if !shared.upstream_reachable() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "gateway unreachable\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        (&Method::GET, "/metrics") => Response::builder()
+            .header(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+            .body(Full::new(Bytes::from(shared.metrics.encode())))
+            .expect("static response"),
+        (&Method::GET, "/status") => json(StatusCode::OK, &status(shared)),
+        (&Method::POST, "/drain") | (&Method::DELETE, "/drain") => {
+            if let Err(reply) = authorize(&req, peer, shared) {
+                return reply;
+            }
+            if req.method() == Method::DELETE {
+                return match shared.drainer.cancel() {
+                    Some(progress) => json(StatusCode::OK, &progress),
+                    None => error(StatusCode::NOT_FOUND, "no drain is running"),
+                };
+            }
+            start_drain(req, shared).await
+        }
+        (_, "/healthz" | "/readyz" | "/metrics" | "/status" | "/drain") => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not found; endpoints: /healthz /readyz /metrics /status /drain",
+        ),
+    }
+}
+
+async fn start_drain(req: Request<Incoming>, shared: &Shared) -> Reply {
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body too large or unreadable",
+            )
+        }
+    };
+    let request: DrainRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("expected {{\"connections\": N or \"all\", \"over_seconds\": S}}: {e}"),
+            )
+        }
+    };
+    let window = match request.validate() {
+        Ok(w) => w,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let progress: DrainProgress = shared.drainer.start(request.connections, window);
+    json(StatusCode::ACCEPTED, &progress)
+}
+
+/// Loopback callers pass unless a token file is configured; then only the token passes.
+#[allow(clippy::result_large_err)]
+fn authorize(req: &Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Result<(), Reply> {
+    let Some(path) = &shared.config.admin_token_file else {
+        return if peer.ip().is_loopback() {
+            Ok(())
+        } else {
+            Err(error(
+                StatusCode::FORBIDDEN,
+                "drains are accepted from loopback only (set --admin-token-file to allow remote callers)",
+            ))
+        };
+    };
+    let expected = match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
+        _ => {
+            tracing::error!(path = %path.display(), "admin token file unreadable or empty; refusing drains");
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "admin token unavailable",
+            ));
+        }
+    };
+    let presented = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        ))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `GET /status`: what the operator and a person debugging want to know at a glance.
+#[derive(Serialize)]
+pub struct Status {
+    pub connections: usize,
+    pub accepting: bool,
+    pub ready: bool,
+    pub draining: Option<DrainProgress>,
+    pub upstream: UpstreamStatus,
+    pub certificate: CertificateStatus,
+    pub limits: Limits,
+    pub counters: Counters,
+}
+
+#[derive(Serialize)]
+pub struct UpstreamStatus {
+    pub address: String,
+    pub reachable: bool,
+}
+
+#[derive(Serialize)]
+pub struct CertificateStatus {
+    pub sha256: String,
+    pub not_before: String,
+    pub not_after: String,
+    pub loaded_at: String,
+    pub generation: u64,
+    /// Connections accepted under the certificate served now.
+    pub connections_on_current: usize,
+    /// Connections accepted under earlier certificates (a drain closes these first).
+    pub connections_on_older: usize,
+    pub last_error: Option<String>,
+    pub last_error_reason: Option<&'static str>,
+    pub last_error_at: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_handshakes_per_second: u32,
+    pub max_concurrent_handshakes: usize,
+    pub handshake_timeout_seconds: f64,
+    pub shutdown_drain_seconds: f64,
+}
+
+#[derive(Serialize)]
+pub struct Counters {
+    pub accepted: u64,
+    pub refused: BTreeMap<&'static str, u64>,
+    pub closed: BTreeMap<&'static str, u64>,
+    pub certificate_reloads: BTreeMap<&'static str, u64>,
+    pub handshakes_in_flight: i64,
+}
+
+pub fn status(shared: &Shared) -> Status {
+    let served = shared.tls.current();
+    let failure = shared.tls.last_failure();
+    let by_generation = shared.connections.by_generation();
+    let on_current = by_generation.get(&served.generation).copied().unwrap_or(0);
+    let total: usize = by_generation.values().sum();
+    let m = &shared.metrics;
+    let c = &shared.config;
+    Status {
+        connections: total,
+        accepting: shared.accepting(),
+        ready: shared.ready(),
+        draining: shared.drainer.progress().filter(|p| !p.finished),
+        upstream: UpstreamStatus {
+            address: shared.upstream.to_string(),
+            reachable: shared.upstream_reachable(),
+        },
+        certificate: CertificateStatus {
+            sha256: served.certificate.sha256.clone(),
+            not_before: clock::rfc3339(served.certificate.not_before),
+            not_after: clock::rfc3339(served.certificate.not_after),
+            loaded_at: clock::rfc3339(served.loaded_at),
+            generation: served.generation,
+            connections_on_current: on_current,
+            connections_on_older: total - on_current,
+            last_error: failure.as_ref().map(|f| f.message.clone()),
+            last_error_reason: failure.as_ref().map(|f| f.reason),
+            last_error_at: failure.as_ref().map(|f| clock::rfc3339(f.at)),
+        },
+        limits: Limits {
+            max_connections: c.max_connections,
+            max_handshakes_per_second: c.max_handshakes_per_second,
+            max_concurrent_handshakes: c.max_concurrent_handshakes,
+            handshake_timeout_seconds: c.handshake_timeout.as_secs_f64(),
+            shutdown_drain_seconds: c.shutdown_drain.as_secs_f64(),
+        },
+        counters: Counters {
+            accepted: m.accepted.get(),
+            refused: Refusal::ALL
+                .iter()
+                .map(|r| (r.as_str(), m.refused(*r).get()))
+                .collect(),
+            closed: CloseCause::ALL
+                .iter()
+                .map(|c| (c.as_str(), m.closed(*c).get()))
+                .collect(),
+            certificate_reloads: m.reload_counts().into_iter().collect(),
+            handshakes_in_flight: m.handshakes_in_flight.get(),
+        },
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Reply {
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .expect("static response")
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
+    let body = serde_json::to_vec_pretty(value).expect("status serializes");
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response")
+}
+
+fn error(status: StatusCode, message: &str) -> Reply {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secrets"));
+    }
+}

@@ -1,0 +1,145 @@
+//! Command-line and environment configuration of the sidecar.
+//!
+//! Every flag can also be given as a `BALLAST_*` environment variable so that the operator can
+//! configure the container through `env:` or `args:`, whichever reads better in the pod spec.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// TLS-terminating presence sidecar: hot certificate reload, paced drains, admission control.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ballast-sidecar", version, about, long_about = None)]
+pub struct Config {
+    /// Address the agents connect to (TLS).
+    #[arg(long, env = "BALLAST_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+
+    /// The gateway container's plain-TCP address inside the pod.
+    #[arg(long, env = "BALLAST_UPSTREAM", default_value = "127.0.0.1:8080")]
+    pub upstream: SocketAddr,
+
+    /// Admin HTTP address (/healthz, /readyz, /metrics, /status, /drain).
+    #[arg(long, env = "BALLAST_ADMIN", default_value = "0.0.0.0:9901")]
+    pub admin: SocketAddr,
+
+    /// PEM certificate chain, leaf first (for a mounted Secret: `.../tls.crt`).
+    #[arg(long, env = "BALLAST_CERT")]
+    pub cert: PathBuf,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1; RSA or ECDSA).
+    #[arg(long, env = "BALLAST_KEY")]
+    pub key: PathBuf,
+
+    /// PEM bundle of CAs that client certificates must chain to; enables mutual TLS.
+    #[arg(long, env = "BALLAST_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+
+    /// Connections (established plus in handshake) above which new ones are refused before
+    /// the TLS handshake.
+    #[arg(long, env = "BALLAST_MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub max_connections: usize,
+
+    /// New TLS handshakes admitted per second (token bucket); the excess is refused cheaply
+    /// so the client retries, possibly on another pod.
+    #[arg(long, env = "BALLAST_MAX_HANDSHAKES_PER_SECOND", default_value_t = 500)]
+    pub max_handshakes_per_second: u32,
+
+    /// TLS handshakes in progress at once.
+    #[arg(long, env = "BALLAST_MAX_CONCURRENT_HANDSHAKES", default_value_t = 256)]
+    pub max_concurrent_handshakes: usize,
+
+    /// A client that has not finished its handshake within this time is cut (slowloris).
+    #[arg(long, env = "BALLAST_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Time allowed to connect to the gateway for each new agent.
+    #[arg(long, env = "BALLAST_UPSTREAM_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub upstream_connect_timeout: Duration,
+
+    /// On SIGTERM, close every connection spread evenly over this window, then exit.
+    #[arg(long, env = "BALLAST_SHUTDOWN_DRAIN", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_drain: Duration,
+
+    /// Send a PROXY protocol v2 header to the gateway so it sees the agent's address.
+    #[arg(long, env = "BALLAST_PROXY_PROTOCOL", default_value_t = false)]
+    pub proxy_protocol: bool,
+
+    /// Listen backlog of the agents' socket (the kernel caps it at net.core.somaxconn).
+    #[arg(long, env = "BALLAST_LISTEN_BACKLOG", default_value_t = 4096)]
+    pub listen_backlog: u32,
+
+    /// How often the certificate and key files are checked for a new version.
+    #[arg(long, env = "BALLAST_RELOAD_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub reload_interval: Duration,
+
+    /// File holding a bearer token required by mutating admin endpoints; without it they
+    /// answer loopback callers only. Read on each request, so it can be rotated.
+    #[arg(long, env = "BALLAST_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Local addresses to open gateway connections from, round-robin (comma separated).
+    /// One source address reaches at most ~28k connections to one upstream port, so a pod
+    /// expecting more spreads them over several loopback addresses (127.0.0.1,127.0.0.2,…).
+    #[arg(long, env = "BALLAST_UPSTREAM_SOURCES", value_delimiter = ',')]
+    pub upstream_sources: Vec<IpAddr>,
+
+    /// Log format.
+    #[arg(long, env = "BALLAST_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Parses `500ms`, `10s`, `5m`, `1h30m` and a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<f64>() {
+        if seconds.is_finite() && seconds >= 0.0 {
+            return Ok(Duration::from_secs_f64(seconds));
+        }
+        return Err(format!(
+            "{text:?} is not a duration: must be a non-negative number"
+        ));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like 500ms, 10s or 5m: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_units_and_bare_seconds() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("2.5").unwrap(), Duration::from_millis(2500));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_documented_interface() {
+        let c = Config::try_parse_from(["ballast-sidecar", "--cert", "c", "--key", "k"]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8443".parse().unwrap());
+        assert_eq!(c.upstream, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.admin, "0.0.0.0:9901".parse().unwrap());
+        assert!(!c.proxy_protocol);
+        assert!(c.upstream_sources.is_empty());
+    }
+
+    #[test]
+    fn a_missing_certificate_flag_is_a_clear_error() {
+        let err = Config::try_parse_from(["ballast-sidecar", "--key", "k"]).unwrap_err();
+        assert!(err.to_string().contains("--cert"), "{err}");
+    }
+}

@@ -1,0 +1,56 @@
+//! `ballast-sidecar` binary: parse flags, set up logging and the one crypto provider, run.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use ballast_sidecar::config::{Config, LogFormat};
+use ballast_sidecar::server;
+use ballast_sidecar::tls::TlsState;
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    init_logging(config.log_format);
+
+    // Exactly one provider in the build (ring), installed explicitly so no dependency can pick
+    // another at runtime.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    raise_open_file_limit();
+
+    let tls = TlsState::load(
+        provider,
+        config.cert.clone(),
+        config.key.clone(),
+        config.client_ca.clone(),
+    )
+    .context("cannot start without a valid certificate")?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ballast-sidecar")
+        .build()?;
+    runtime.block_on(server::run(config, Arc::new(tls)))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BALLAST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Each agent costs two descriptors (its socket and the gateway's); the default soft limit of
+/// 1024 would cap a pod at ~500 agents.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open-file limit raised to the hard limit"),
+        Err(err) => tracing::warn!(error = %err, "cannot raise the open-file limit"),
+    }
+}

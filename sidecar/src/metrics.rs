@@ -1,0 +1,264 @@
+//! The sidecar's Prometheus metrics. Names are part of the interface: dashboards and the
+//! operator read them, so they change only with a deprecation.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Why a connection was refused before its handshake.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Refusal {
+    MaxConnections,
+    HandshakeRate,
+    ConcurrentHandshakes,
+    NotAccepting,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MaxConnections => "max_connections",
+            Self::HandshakeRate => "handshake_rate",
+            Self::ConcurrentHandshakes => "concurrent_handshakes",
+            Self::NotAccepting => "not_accepting",
+        }
+    }
+    pub const ALL: [Refusal; 4] = [
+        Self::MaxConnections,
+        Self::HandshakeRate,
+        Self::ConcurrentHandshakes,
+        Self::NotAccepting,
+    ];
+}
+
+/// Why a connection ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum CloseCause {
+    /// Closed by a drain (API or shutdown), gracefully.
+    Drain,
+    /// The agent closed it.
+    Client,
+    /// The gateway closed it or could not be reached.
+    Upstream,
+    /// The handshake did not finish in time.
+    Timeout,
+    /// A TLS or I/O error, including clients that speak garbage.
+    Error,
+}
+
+impl CloseCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Drain => "drain",
+            Self::Client => "client",
+            Self::Upstream => "upstream",
+            Self::Timeout => "timeout",
+            Self::Error => "error",
+        }
+    }
+    pub const ALL: [CloseCause; 5] = [
+        Self::Drain,
+        Self::Client,
+        Self::Upstream,
+        Self::Timeout,
+        Self::Error,
+    ];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabel {
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// Every metric the sidecar exports, plus the registry that encodes them.
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Gauge,
+    pub accepted: Counter,
+    refused: Family<ReasonLabel, Counter>,
+    closed: Family<CauseLabel, Counter>,
+    pub handshake_seconds: Histogram,
+    reloads: Family<ResultLabel, Counter>,
+    pub certificate_not_after_seconds: Gauge,
+    pub draining: Gauge,
+    pub handshakes_in_flight: Gauge,
+    pub upstream_up: Gauge,
+    pub upstream_connect_failures: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ballast_sidecar");
+        let m = Self {
+            connections: Gauge::default(),
+            accepted: Counter::default(),
+            refused: Family::default(),
+            closed: Family::default(),
+            handshake_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            reloads: Family::default(),
+            certificate_not_after_seconds: Gauge::default(),
+            draining: Gauge::default(),
+            handshakes_in_flight: Gauge::default(),
+            upstream_up: Gauge::default(),
+            upstream_connect_failures: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Established agent connections",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_accepted",
+            "Agent connections that completed the TLS handshake",
+            m.accepted.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused before the TLS handshake, by reason",
+            m.refused.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections that ended, by cause",
+            m.closed.clone(),
+        );
+        registry.register(
+            "handshake_seconds",
+            "Duration of successful TLS handshakes",
+            m.handshake_seconds.clone(),
+        );
+        registry.register(
+            "certificate_reloads",
+            "Certificate reload attempts, by result (success or the refusal reason)",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "certificate_not_after_seconds",
+            "Expiry of the served leaf certificate, Unix seconds",
+            m.certificate_not_after_seconds.clone(),
+        );
+        registry.register(
+            "draining",
+            "1 while a drain (API or shutdown) is closing connections",
+            m.draining.clone(),
+        );
+        registry.register(
+            "handshakes_in_flight",
+            "TLS handshakes in progress",
+            m.handshakes_in_flight.clone(),
+        );
+        registry.register(
+            "upstream_up",
+            "1 when the last attempt to reach the gateway succeeded",
+            m.upstream_up.clone(),
+        );
+        registry.register(
+            "upstream_connect_failures",
+            "Failed connections to the gateway",
+            m.upstream_connect_failures.clone(),
+        );
+        // Pre-create every label value so dashboards see zeros rather than gaps.
+        for r in Refusal::ALL {
+            m.refused(r);
+        }
+        for c in CloseCause::ALL {
+            m.closed(c);
+        }
+        Self { registry, ..m }
+    }
+
+    pub fn refused(&self, reason: Refusal) -> Counter {
+        self.refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .clone()
+    }
+
+    pub fn closed(&self, cause: CloseCause) -> Counter {
+        self.closed
+            .get_or_create(&CauseLabel {
+                cause: cause.as_str(),
+            })
+            .clone()
+    }
+
+    /// `result` is `success` or a [`crate::certificate::CertificateError::metric_label`].
+    pub fn reload(&self, result: &'static str) -> Counter {
+        self.reloads.get_or_create(&ResultLabel { result }).clone()
+    }
+
+    /// All reload results seen so far, for `/status`.
+    pub fn reload_counts(&self) -> Vec<(&'static str, u64)> {
+        let mut out = Vec::new();
+        for result in [
+            "success",
+            "unreadable",
+            "malformed",
+            "bad_key",
+            "key_mismatch",
+            "expired",
+            "not_yet_valid",
+        ] {
+            let n = self.reload(result).get();
+            if n > 0 || result == "success" {
+                out.push((result, n));
+            }
+        }
+        out
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_carries_the_documented_names() {
+        let m = Metrics::new();
+        m.refused(Refusal::MaxConnections).inc();
+        m.closed(CloseCause::Drain).inc_by(3);
+        m.reload("success").inc();
+        let text = m.encode();
+        for name in [
+            "ballast_sidecar_connections ",
+            "ballast_sidecar_connections_accepted_total",
+            "ballast_sidecar_connections_refused_total{reason=\"max_connections\"} 1",
+            "ballast_sidecar_connections_closed_total{cause=\"drain\"} 3",
+            "ballast_sidecar_handshake_seconds_bucket",
+            "ballast_sidecar_certificate_reloads_total{result=\"success\"} 1",
+            "ballast_sidecar_certificate_not_after_seconds",
+            "ballast_sidecar_draining",
+        ] {
+            assert!(text.contains(name), "missing {name} in:\n{text}");
+        }
+    }
+}

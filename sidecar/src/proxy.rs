@@ -1,0 +1,285 @@
+//! One agent connection, from TLS handshake to close: handshake under a deadline, dial the
+//! gateway, then move bytes both ways until either side finishes or a drain asks to close.
+//!
+//! Memory is the constraint that shapes this module. Presence connections are idle almost all
+//! of the time, so a connection holds no copy buffer while it waits: it waits for socket
+//! readiness, and only then borrows a buffer for the burst of bytes that is ready.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Notify;
+use tokio_rustls::server::TlsStream;
+
+use crate::admission::Ticket;
+use crate::metrics::CloseCause;
+use crate::proxy_protocol;
+use crate::server::Shared;
+
+/// Size of the transient buffer used while bytes are flowing (one TLS record's plaintext).
+const BURST_BUFFER: usize = 16 * 1024;
+/// After one side finished, how long the other may take to finish too.
+const HALF_CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// After our close_notify, how long we wait for the agent to close its side, so that the
+/// connection ends with a clean FIN rather than a reset over unread bytes.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Runs one admitted connection to its end and records how it ended.
+pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut ticket: Ticket) {
+    let served = shared.tls.current();
+    let local = tcp.local_addr().unwrap_or(shared.listen);
+    let _ = tcp.set_nodelay(true);
+    let metrics = &shared.metrics;
+
+    metrics.handshakes_in_flight.inc();
+    let started = Instant::now();
+    let handshake =
+        tokio::time::timeout(shared.handshake_timeout, served.acceptor.accept(tcp)).await;
+    metrics.handshakes_in_flight.dec();
+    ticket.handshake_done();
+    let client = match handshake {
+        Err(_) => {
+            tracing::debug!(%peer, "handshake timed out; connection cut");
+            metrics.closed(CloseCause::Timeout).inc();
+            return;
+        }
+        Ok(Err(err)) => {
+            tracing::debug!(%peer, error = %err, "handshake failed; connection cut");
+            metrics.closed(CloseCause::Error).inc();
+            return;
+        }
+        Ok(Ok(stream)) => stream,
+    };
+    metrics
+        .handshake_seconds
+        .observe(started.elapsed().as_secs_f64());
+    metrics.accepted.inc();
+
+    let upstream = match dial_upstream(&shared, peer, local).await {
+        Ok(stream) => {
+            shared.set_upstream_reachable(true);
+            stream
+        }
+        Err(err) => {
+            shared.set_upstream_reachable(false);
+            metrics.upstream_connect_failures.inc();
+            metrics.closed(CloseCause::Upstream).inc();
+            tracing::warn!(%peer, upstream = %shared.upstream, error = %err,
+                "gateway unreachable; closing the agent's connection");
+            // No close_notify: the agent must back off rather than reconnect at once.
+            drop(client);
+            return;
+        }
+    };
+
+    let registration = shared.connections.register(served.generation);
+    metrics.connections.inc();
+    let cause = pump(client, upstream, &registration.close).await;
+    drop(registration);
+    metrics.connections.dec();
+    metrics.closed(cause).inc();
+    tracing::trace!(%peer, cause = cause.as_str(), "connection closed");
+}
+
+/// Connects to the gateway, from the next configured source address if any, and sends the
+/// PROXY header when asked.
+async fn dial_upstream(
+    shared: &Shared,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> io::Result<TcpStream> {
+    let target = shared.upstream;
+    let socket = if target.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(source) = shared.next_upstream_source() {
+        socket.bind(SocketAddr::new(source, 0))?;
+    }
+    let mut stream = tokio::time::timeout(shared.upstream_connect_timeout, socket.connect(target))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    if shared.proxy_protocol {
+        stream
+            .write_all(&proxy_protocol::v2_header(peer, local))
+            .await?;
+    }
+    Ok(stream)
+}
+
+/// Polls a future once, without waiting. The caller waits for socket readiness instead, so
+/// that no buffer is held across the wait.
+fn poll_now<F: Future>(future: F) -> Option<F::Output> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match pin!(future).poll(&mut cx) {
+        Poll::Ready(out) => Some(out),
+        Poll::Pending => None,
+    }
+}
+
+/// What one pass over the ready bytes of one direction found.
+enum Flow {
+    /// Nothing more is ready right now.
+    Idle,
+    /// The sending side finished (EOF or close_notify).
+    Finished,
+    /// The connection cannot go on; the cause says whose fault.
+    Broken(CloseCause),
+}
+
+/// Moves bytes both ways until both directions finish, one breaks, or a drain closes it.
+async fn pump(
+    mut client: TlsStream<TcpStream>,
+    mut upstream: TcpStream,
+    close: &Notify,
+) -> CloseCause {
+    let mut client_sending = true;
+    let mut upstream_sending = true;
+    let mut first_to_finish: Option<CloseCause> = None;
+    let mut grace_deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let mut buffer: Vec<u8> = Vec::new();
+        if client_sending {
+            match client_to_upstream(&mut client, &mut upstream, &mut buffer).await {
+                Flow::Idle => {}
+                Flow::Finished => {
+                    client_sending = false;
+                    first_to_finish.get_or_insert(CloseCause::Client);
+                    let _ = upstream.shutdown().await;
+                }
+                Flow::Broken(cause) => return cause,
+            }
+        }
+        if upstream_sending {
+            match upstream_to_client(&mut upstream, &mut client, &mut buffer).await {
+                Flow::Idle => {}
+                Flow::Finished => {
+                    upstream_sending = false;
+                    first_to_finish.get_or_insert(CloseCause::Upstream);
+                    // close_notify + FIN: the gateway ended the session on purpose.
+                    let _ = client.shutdown().await;
+                }
+                Flow::Broken(cause) => return cause,
+            }
+        }
+        drop(buffer);
+        if !client_sending && !upstream_sending {
+            return first_to_finish.unwrap_or(CloseCause::Client);
+        }
+        if first_to_finish.is_some() && grace_deadline.is_none() {
+            grace_deadline = Some(tokio::time::Instant::now() + HALF_CLOSE_GRACE);
+        }
+        let grace = async {
+            match grace_deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = close.notified() => {
+                close_gracefully(&mut client, &mut upstream).await;
+                return CloseCause::Drain;
+            }
+            ready = client.get_ref().0.readable(), if client_sending => {
+                if ready.is_err() { return CloseCause::Error; }
+            }
+            ready = upstream.readable(), if upstream_sending => {
+                if ready.is_err() { return CloseCause::Upstream; }
+            }
+            _ = grace => return first_to_finish.unwrap_or(CloseCause::Client),
+        }
+    }
+}
+
+async fn client_to_upstream(
+    client: &mut TlsStream<TcpStream>,
+    upstream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+) -> Flow {
+    loop {
+        if buffer.is_empty() {
+            buffer.resize(BURST_BUFFER, 0);
+        }
+        match poll_now(client.read(buffer)) {
+            None => return Flow::Idle,
+            Some(Ok(0)) => return Flow::Finished,
+            Some(Ok(n)) => {
+                if upstream.write_all(&buffer[..n]).await.is_err() {
+                    return Flow::Broken(CloseCause::Upstream);
+                }
+            }
+            // A TCP EOF without close_notify: the agent went away without saying goodbye.
+            Some(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Flow::Finished,
+            Some(Err(e)) if is_peer_gone(&e) => return Flow::Broken(CloseCause::Client),
+            Some(Err(_)) => return Flow::Broken(CloseCause::Error),
+        }
+    }
+}
+
+async fn upstream_to_client(
+    upstream: &mut TcpStream,
+    client: &mut TlsStream<TcpStream>,
+    buffer: &mut Vec<u8>,
+) -> Flow {
+    loop {
+        if buffer.is_empty() {
+            buffer.resize(BURST_BUFFER, 0);
+        }
+        match upstream.try_read(buffer) {
+            Ok(0) => return Flow::Finished,
+            Ok(n) => {
+                let written = async {
+                    client.write_all(&buffer[..n]).await?;
+                    client.flush().await
+                };
+                if let Err(e) = written.await {
+                    return Flow::Broken(if is_peer_gone(&e) {
+                        CloseCause::Client
+                    } else {
+                        CloseCause::Error
+                    });
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flow::Idle,
+            Err(_) => return Flow::Broken(CloseCause::Upstream),
+        }
+    }
+}
+
+fn is_peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// TLS close_notify, then FIN, then a short wait for the agent to close its side.
+async fn close_gracefully(client: &mut TlsStream<TcpStream>, upstream: &mut TcpStream) {
+    let _ = upstream.shutdown().await;
+    if tokio::time::timeout(CLOSE_LINGER, client.shutdown())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        let mut sink = [0u8; 512];
+        while let Ok(n) = client.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}

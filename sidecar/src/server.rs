@@ -1,0 +1,239 @@
+//! The sidecar's lifecycle: bind, accept under admission control, reload certificates, serve
+//! the admin API, and on SIGTERM go lame duck and drain.
+//!
+//! Nothing here talks to the operator. The data plane runs on its own limits and its mounted
+//! Secret; the operator may steer it through the admin API, but its absence changes nothing.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+
+use crate::admission::Admission;
+use crate::config::Config;
+use crate::connections::Connections;
+use crate::drain::{DrainSize, Drainer};
+use crate::metrics::{Metrics, Refusal};
+use crate::tls::TlsState;
+use crate::{admin, proxy};
+
+/// Everything the accept loop, the connections and the admin API share.
+pub struct Shared {
+    pub listen: SocketAddr,
+    pub upstream: SocketAddr,
+    upstream_sources: Vec<IpAddr>,
+    next_source: AtomicUsize,
+    pub upstream_connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub proxy_protocol: bool,
+    pub tls: Arc<TlsState>,
+    pub admission: Admission,
+    pub connections: Arc<Connections>,
+    pub drainer: Drainer,
+    pub metrics: Arc<Metrics>,
+    pub config: Config,
+    upstream_reachable: AtomicBool,
+    /// False from SIGTERM on: readiness fails and no connection is accepted.
+    accepting: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(config: Config, tls: Arc<TlsState>, metrics: Arc<Metrics>) -> Self {
+        let connections = Arc::new(Connections::default());
+        metrics
+            .certificate_not_after_seconds
+            .set(tls.current().certificate.not_after);
+        Self {
+            listen: config.listen,
+            upstream: config.upstream,
+            upstream_sources: config.upstream_sources.clone(),
+            next_source: AtomicUsize::new(0),
+            upstream_connect_timeout: config.upstream_connect_timeout,
+            handshake_timeout: config.handshake_timeout,
+            proxy_protocol: config.proxy_protocol,
+            tls,
+            admission: Admission::new(
+                config.max_connections,
+                config.max_handshakes_per_second,
+                config.max_concurrent_handshakes,
+            ),
+            drainer: Drainer::new(connections.clone(), metrics.clone()),
+            connections,
+            metrics,
+            config,
+            upstream_reachable: AtomicBool::new(true),
+            accepting: AtomicBool::new(true),
+        }
+    }
+
+    pub fn next_upstream_source(&self) -> Option<IpAddr> {
+        if self.upstream_sources.is_empty() {
+            return None;
+        }
+        let i = self.next_source.fetch_add(1, Ordering::Relaxed);
+        Some(self.upstream_sources[i % self.upstream_sources.len()])
+    }
+
+    pub fn set_upstream_reachable(&self, reachable: bool) {
+        let was = self.upstream_reachable.swap(reachable, Ordering::Relaxed);
+        self.metrics.upstream_up.set(i64::from(reachable));
+        if was != reachable {
+            if reachable {
+                tracing::info!(upstream = %self.upstream, "gateway reachable again");
+            } else {
+                tracing::error!(upstream = %self.upstream, "gateway unreachable; agents are being closed until it returns");
+            }
+        }
+    }
+
+    pub fn upstream_reachable(&self) -> bool {
+        self.upstream_reachable.load(Ordering::Relaxed)
+    }
+
+    pub fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::Relaxed)
+    }
+
+    /// Ready to receive agents: accepting and the gateway answers.
+    pub fn ready(&self) -> bool {
+        self.accepting() && self.upstream_reachable()
+    }
+}
+
+/// Binds the agents' listener with the configured backlog.
+pub fn bind_listener(addr: SocketAddr, backlog: u32) -> anyhow::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(addr)
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    Ok(socket.listen(backlog)?)
+}
+
+/// Runs the sidecar until SIGTERM/SIGINT has been handled and every connection drained.
+pub async fn run(config: Config, tls: Arc<TlsState>) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let listener = bind_listener(config.listen, config.listen_backlog)?;
+    let admin_listener = TcpListener::bind(config.admin)
+        .await
+        .with_context(|| format!("cannot serve the admin API on {}", config.admin))?;
+    let reload_interval = config.reload_interval;
+    let shutdown_drain = config.shutdown_drain;
+    let shared = Arc::new(Shared::new(config, tls.clone(), metrics.clone()));
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        admin = %admin_listener.local_addr()?,
+        upstream = %shared.upstream,
+        sha256 = %tls.current().certificate.sha256,
+        "ballast-sidecar serving"
+    );
+
+    let watcher = tokio::spawn(tls.watch(metrics.clone(), reload_interval));
+    let prober = tokio::spawn(probe_upstream(shared.clone()));
+    tokio::spawn(admin::serve(admin_listener, shared.clone()));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let acceptor = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
+
+    wait_for_termination().await;
+    tracing::info!(
+        connections = shared.connections.len(),
+        window_seconds = shutdown_drain.as_secs_f64(),
+        "termination requested: readiness now fails, no new connections, draining"
+    );
+    shared.accepting.store(false, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    let _ = acceptor.await;
+    shared.drainer.start(DrainSize::ALL, shutdown_drain);
+    // The drain paces the closes; allow a little more for the last closes to complete.
+    let deadline = Instant::now() + shutdown_drain + Duration::from_secs(5);
+    while !shared.connections.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = shared.connections.len();
+    if left > 0 {
+        tracing::warn!(
+            left,
+            "drain window over; exiting with connections still open"
+        );
+    } else {
+        tracing::info!("all connections drained; exiting");
+    }
+    watcher.abort();
+    prober.abort();
+    Ok(())
+}
+
+async fn wait_for_termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Accepts until told to stop; dropping the listener then closes the socket so new
+/// connections are refused by the kernel and retried elsewhere.
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(err) => {
+                // Typically EMFILE/ENFILE under a storm: back off briefly instead of spinning.
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if !shared.accepting() {
+            shared.metrics.refused(Refusal::NotAccepting).inc();
+            continue;
+        }
+        match shared.admission.admit(Instant::now()) {
+            Ok(ticket) => {
+                tokio::spawn(proxy::serve(shared.clone(), tcp, peer, ticket));
+            }
+            Err(reason) => {
+                shared.metrics.refused(reason).inc();
+                tracing::trace!(%peer, reason = reason.as_str(), "connection refused");
+                drop(tcp);
+            }
+        }
+    }
+}
+
+/// While the gateway is marked unreachable, checks it every second so readiness recovers
+/// without waiting for an agent to try.
+async fn probe_upstream(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut first = true;
+    loop {
+        tick.tick().await;
+        if shared.upstream_reachable() && !first {
+            continue;
+        }
+        first = false;
+        let ok = tokio::time::timeout(
+            shared.upstream_connect_timeout,
+            tokio::net::TcpStream::connect(shared.upstream),
+        )
+        .await
+        .map(|r| r.is_ok())
+        .unwrap_or(false);
+        shared.set_upstream_reachable(ok);
+    }
+}

@@ -1,0 +1,245 @@
+//! The TLS configuration new handshakes use, and its hot swap.
+//!
+//! A reload replaces the `Arc<ServerConfig>` that the accept loop clones for each new
+//! connection. Connections already established keep the session they negotiated: nothing
+//! here ever touches them, which is why a reload cannot drop a connection.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use tokio_rustls::TlsAcceptor;
+
+use crate::certificate::{self, CertificateError, PemFiles, ServingCertificate};
+use crate::clock;
+use crate::metrics::Metrics;
+
+/// What the accept loop needs for one new connection.
+#[derive(Clone)]
+pub struct Served {
+    pub acceptor: TlsAcceptor,
+    /// Increases with every successful reload; drains close lower generations first.
+    pub generation: u64,
+    pub certificate: ServingCertificate,
+    /// Unix seconds.
+    pub loaded_at: i64,
+}
+
+/// The last reload that failed, kept until a later reload succeeds.
+#[derive(Clone, Debug)]
+pub struct ReloadFailure {
+    pub message: String,
+    pub reason: &'static str,
+    /// Unix seconds.
+    pub at: i64,
+}
+
+/// The live TLS state shared by the accept loop, the reloader and the admin API.
+pub struct TlsState {
+    provider: Arc<CryptoProvider>,
+    client_roots: Option<Arc<RootCertStore>>,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    current: RwLock<Arc<Served>>,
+    last_files: RwLock<PemFiles>,
+    last_failure: RwLock<Option<ReloadFailure>>,
+}
+
+/// Always answers with the one certificate it was built with (SNI is not used to choose).
+#[derive(Debug)]
+struct SingleCert(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for SingleCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// Errors that stop the sidecar from starting at all.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("the initial certificate is not usable: {0}")]
+    Certificate(#[from] CertificateError),
+    #[error("client CA bundle {path}: {detail}")]
+    ClientCa { path: String, detail: String },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+impl TlsState {
+    /// Loads the initial pair; unlike a reload, a bad pair here is fatal (there is no old
+    /// pair to fall back on).
+    pub fn load(
+        provider: Arc<CryptoProvider>,
+        cert_path: PathBuf,
+        key_path: PathBuf,
+        client_ca: Option<PathBuf>,
+    ) -> Result<Self, StartupError> {
+        let client_roots = match client_ca {
+            None => None,
+            Some(path) => Some(Arc::new(load_roots(&path)?)),
+        };
+        let files = PemFiles::read(&cert_path, &key_path)?;
+        let certificate =
+            certificate::validate(&files, &cert_path, &key_path, &provider, SystemTime::now())?;
+        let served = build(&provider, client_roots.as_ref(), certificate, 1)?;
+        Ok(Self {
+            provider,
+            client_roots,
+            cert_path,
+            key_path,
+            current: RwLock::new(Arc::new(served)),
+            last_files: RwLock::new(files),
+            last_failure: RwLock::new(None),
+        })
+    }
+
+    /// What new handshakes use right now.
+    pub fn current(&self) -> Arc<Served> {
+        self.current.read().expect("tls state lock").clone()
+    }
+
+    pub fn last_failure(&self) -> Option<ReloadFailure> {
+        self.last_failure.read().expect("tls state lock").clone()
+    }
+
+    /// Reads the files and, if they changed, validates and swaps them in. Returns whether a new
+    /// pair is now served. A refused pair is remembered so it is reported once, not every poll.
+    pub fn reload_if_changed(&self, metrics: &Metrics) -> bool {
+        let files = match PemFiles::read(&self.cert_path, &self.key_path) {
+            Ok(files) => files,
+            Err(err) => {
+                // The kubelet swaps a symlink, so a read never sees a half-written Secret;
+                // a missing file is a real problem worth saying, but only once.
+                self.record_failure(&err, metrics);
+                return false;
+            }
+        };
+        if *self.last_files.read().expect("tls state lock") == files {
+            return false;
+        }
+        *self.last_files.write().expect("tls state lock") = files.clone();
+        let generation = self.current().generation + 1;
+        let result = certificate::validate(
+            &files,
+            &self.cert_path,
+            &self.key_path,
+            &self.provider,
+            SystemTime::now(),
+        )
+        .map_err(StartupError::from)
+        .and_then(|c| build(&self.provider, self.client_roots.as_ref(), c, generation));
+        match result {
+            Ok(served) => {
+                tracing::info!(
+                    sha256 = %served.certificate.sha256,
+                    not_after = %clock::rfc3339(served.certificate.not_after),
+                    generation,
+                    "serving the new certificate to new handshakes; existing connections are untouched"
+                );
+                metrics
+                    .certificate_not_after_seconds
+                    .set(served.certificate.not_after);
+                metrics.reload("success").inc();
+                *self.current.write().expect("tls state lock") = Arc::new(served);
+                *self.last_failure.write().expect("tls state lock") = None;
+                true
+            }
+            Err(StartupError::Certificate(err)) => {
+                self.record_failure(&err, metrics);
+                false
+            }
+            Err(other) => {
+                tracing::error!(error = %other, "new certificate refused; still serving the previous one");
+                metrics.reload("malformed").inc();
+                *self.last_failure.write().expect("tls state lock") = Some(ReloadFailure {
+                    message: other.to_string(),
+                    reason: "malformed",
+                    at: clock::unix_now(),
+                });
+                false
+            }
+        }
+    }
+
+    fn record_failure(&self, err: &CertificateError, metrics: &Metrics) {
+        let mut slot = self.last_failure.write().expect("tls state lock");
+        let message = err.to_string();
+        if slot.as_ref().map(|f| &f.message) == Some(&message) {
+            return;
+        }
+        tracing::error!(error = %message, "new certificate refused; still serving the previous one");
+        metrics.reload(err.metric_label()).inc();
+        *slot = Some(ReloadFailure {
+            message,
+            reason: err.metric_label(),
+            at: clock::unix_now(),
+        });
+    }
+
+    /// Polls the files every `interval` until the task is dropped.
+    pub async fn watch(self: Arc<Self>, metrics: Arc<Metrics>, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let state = self.clone();
+            let metrics = metrics.clone();
+            // File reads and signature checks are blocking work; keep them off the proxy threads.
+            let _ = tokio::task::spawn_blocking(move || state.reload_if_changed(&metrics)).await;
+        }
+    }
+}
+
+fn build(
+    provider: &Arc<CryptoProvider>,
+    client_roots: Option<&Arc<RootCertStore>>,
+    certificate: ServingCertificate,
+    generation: u64,
+) -> Result<Served, StartupError> {
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_roots {
+        None => builder.with_no_client_auth(),
+        Some(roots) => {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                    .build()
+                    .map_err(|e| StartupError::ClientCa {
+                        path: "(client CA)".into(),
+                        detail: e.to_string(),
+                    })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_cert_resolver(Arc::new(SingleCert(certificate.key.clone())));
+    Ok(Served {
+        acceptor: TlsAcceptor::from(Arc::new(config)),
+        generation,
+        certificate,
+        loaded_at: clock::unix_now(),
+    })
+}
+
+fn load_roots(path: &std::path::Path) -> Result<RootCertStore, StartupError> {
+    let err = |detail: String| StartupError::ClientCa {
+        path: path.display().to_string(),
+        detail,
+    };
+    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| err(e.to_string()))?;
+        roots.add(cert).map_err(|e| err(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(err("holds no certificate".into()));
+    }
+    Ok(roots)
+}
