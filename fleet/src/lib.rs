@@ -1,0 +1,25 @@
+//! Ballast's rehearsal kit: real TLS agents, a sample presence gateway and a demo PKI.
+//!
+//! Everything Ballast promises ("no agent is falsely offline during a rotation", "drains are
+//! spread out") is measured with this crate against real sockets on loopback:
+//!
+//! - [`certs`] issues the CA, server certificates (current or expired) and fingerprints used by
+//!   tests and demos.
+//! - [`gateway`] is the user's container in miniature: a plain-TCP line protocol
+//!   (`HELLO`/`WELCOME`, `PING`/`PONG`) that answers with its pod name.
+//! - [`agents`] runs a fleet of long-lived TLS agents that heartbeat, reconnect with backoff
+//!   and record every gap, close and handshake failure.
+//! - [`summary`] is the serialisable outcome of a run; [`progress`] prints the live line.
+//! - [`duration`] parses the human durations (`500ms`, `10s`, `5m`) the CLI accepts.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod agents;
+pub mod certs;
+pub mod duration;
+pub mod gateway;
+pub mod latency;
+pub mod progress;
+pub mod summary;
+
+pub use progress::spawn_progress;

@@ -1,0 +1,203 @@
+//! Paced drains through the admin API and on SIGTERM.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use ballast_fleet::agents::Fleet;
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_500_of_1000_over_5_seconds_closes_exactly_500_gracefully_and_evenly() {
+    let _serial = serial();
+    let pki = Pki::new();
+    let cert = pki.issue();
+    let volume = SecretVolume::new(&cert.cert_pem, &cert.key_pem);
+    let gateway = Gateway::start("pod-0").await;
+    let sidecar = Sidecar::start(
+        &volume,
+        gateway.addr,
+        &["--max-handshakes-per-second", "5000"],
+    );
+    let fleet = Fleet::start(fleet_config(sidecar.listen, 1000, &pki.ca.cert_pem())).unwrap();
+    fleet
+        .wait_connected(1000, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    // A drain from a non-loopback-looking caller is not possible here; check the API refuses
+    // nonsense with a clear message first.
+    let (code, body) = http(
+        sidecar.admin,
+        "POST",
+        "/drain",
+        Some(r#"{"connections":"half"}"#),
+        None,
+    )
+    .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("over_seconds"), "{body}");
+
+    let started = fleet.stats();
+    let (code, body) = http(
+        sidecar.admin,
+        "POST",
+        "/drain",
+        Some(r#"{"connections": 500, "over_seconds": 5}"#),
+        None,
+    )
+    .unwrap();
+    assert_eq!(code, 202, "{body}");
+    let drain_start = Instant::now();
+    let accepted: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(accepted["target"], 500);
+
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    fleet
+        .wait_connected(1000, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(drain_start.elapsed() >= Duration::from_secs(5));
+    let summary = fleet.stop().await;
+
+    assert_eq!(started.graceful_closes, 0);
+    assert_eq!(summary.graceful_closes, 500, "{}", brief(&summary));
+    assert_eq!(summary.abrupt_closes, 0);
+    assert_eq!(summary.false_offline, 0);
+    assert!(summary.reconnects >= 500);
+    assert_eq!(
+        sidecar.metric("ballast_sidecar_connections_closed_total{cause=\"drain\"}"),
+        500.0
+    );
+
+    // Even spread: no 1 s window holds more than twice its share (100 per second).
+    let times = &summary.graceful_close_times_seconds;
+    let first = times[0];
+    let span = times[times.len() - 1] - first;
+    assert!((4.0..6.0).contains(&span), "closes spanned {span:.2}s");
+    for window_start in 0..5 {
+        let lo = first + window_start as f64 * 0.5;
+        let n = times.iter().filter(|t| **t >= lo && **t < lo + 1.0).count();
+        assert!(n <= 200, "{n} closes in the second after {lo:.1}s");
+    }
+    let status = sidecar.status();
+    assert_eq!(status["draining"], serde_json::Value::Null);
+    assert_eq!(sidecar.metric("ballast_sidecar_draining"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_drain_cancels_and_nothing_more_closes() {
+    let _serial = serial();
+    let pki = Pki::new();
+    let cert = pki.issue();
+    let volume = SecretVolume::new(&cert.cert_pem, &cert.key_pem);
+    let gateway = Gateway::start("pod-0").await;
+    let sidecar = Sidecar::start(&volume, gateway.addr, &[]);
+    let fleet = Fleet::start(fleet_config(sidecar.listen, 100, &pki.ca.cert_pem())).unwrap();
+    fleet
+        .wait_connected(100, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let (code, _) = http(
+        sidecar.admin,
+        "POST",
+        "/drain",
+        Some(r#"{"connections": "all", "over_seconds": 10}"#),
+        None,
+    )
+    .unwrap();
+    assert_eq!(code, 202);
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    let (code, body) = http(sidecar.admin, "DELETE", "/drain", None, None).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let progress: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let closed = progress["closed"].as_u64().unwrap();
+    assert!(
+        (10..=12).contains(&closed),
+        "closed {closed} in ~1s of a 100-over-10s drain"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sidecar.metric("ballast_sidecar_connections_closed_total{cause=\"drain\"}"),
+        closed as f64
+    );
+    let (code, _) = http(sidecar.admin, "DELETE", "/drain", None, None).unwrap();
+    assert_eq!(code, 404);
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drains_require_the_token_when_one_is_configured() {
+    let _serial = serial();
+    let pki = Pki::new();
+    let cert = pki.issue();
+    let volume = SecretVolume::new(&cert.cert_pem, &cert.key_pem);
+    let dir = TempDir::new("token");
+    let token_file = dir.0.join("token");
+    std::fs::write(&token_file, "s3cret\n").unwrap();
+    let gateway = Gateway::start("pod-0").await;
+    let sidecar = Sidecar::start(
+        &volume,
+        gateway.addr,
+        &["--admin-token-file", path_str(&token_file)],
+    );
+    let body = Some(r#"{"connections": 1, "over_seconds": 0}"#);
+    let (code, _) = http(sidecar.admin, "POST", "/drain", body, None).unwrap();
+    assert_eq!(code, 401);
+    let (code, _) = http(sidecar.admin, "POST", "/drain", body, Some("wrong")).unwrap();
+    assert_eq!(code, 401);
+    let (code, _) = http(sidecar.admin, "POST", "/drain", body, Some("s3cret")).unwrap();
+    assert_eq!(code, 202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_fails_readiness_at_once_drains_over_the_window_and_exits_zero() {
+    let _serial = serial();
+    let pki = Pki::new();
+    let cert = pki.issue();
+    let volume = SecretVolume::new(&cert.cert_pem, &cert.key_pem);
+    let gateway = Gateway::start("pod-0").await;
+    let mut sidecar = Sidecar::start(&volume, gateway.addr, &["--shutdown-drain", "3s"]);
+    let mut config = fleet_config(sidecar.listen, 300, &pki.ca.cert_pem());
+    // Nowhere else to go: keep retries slow so the test measures the drain, not the retries.
+    config.backoff_base = Duration::from_secs(5);
+    let fleet = Fleet::start(config).unwrap();
+    fleet
+        .wait_connected(300, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(sidecar.get("/readyz").unwrap().0, 200);
+
+    let term = Instant::now();
+    sidecar.signal("TERM");
+    sidecar.wait_for(Duration::from_millis(500), |s| {
+        s.get("/readyz").map(|(c, _)| c == 503).unwrap_or(false)
+    });
+    let not_ready_after = term.elapsed();
+
+    let exit = loop {
+        if let Some(status) = sidecar.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            term.elapsed() < Duration::from_secs(15),
+            "sidecar did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let exited_after = term.elapsed();
+    assert_eq!(exit.code(), Some(0), "log:\n{}", sidecar.log_text());
+    assert!(not_ready_after < Duration::from_millis(500));
+    assert!(
+        exited_after >= Duration::from_millis(2500) && exited_after < Duration::from_secs(8),
+        "exited after {exited_after:?}"
+    );
+
+    let summary = fleet.stop().await;
+    assert_eq!(summary.graceful_closes, 300, "{}", brief(&summary));
+    assert_eq!(summary.abrupt_closes, 0);
+    let times = &summary.graceful_close_times_seconds;
+    let span = times[times.len() - 1] - times[0];
+    assert!((2.0..3.5).contains(&span), "closes spanned {span:.2}s");
+    assert!(sidecar.log_text().contains("all connections drained"));
+}
