@@ -29,8 +29,7 @@ secret_update() { # $1 = directory with tls.crt/tls.key to publish
   mkdir -p "$WORK/secret/$v"; cp "$1/tls.crt" "$1/tls.key" "$WORK/secret/$v/"
   ln -sfn "$v" "$WORK/secret/..data_tmp"; mv -T "$WORK/secret/..data_tmp" "$WORK/secret/..data"
 }
-"$BIN/ballast-fleet" certs --out "$WORK/pki-1" >/dev/null
-"$BIN/ballast-fleet" certs --out "$WORK/pki-2" --ca-from "$WORK/pki-1" >/dev/null 2>&1 || cp -r "$WORK/pki-1" "$WORK/pki-2"
+"$BIN/ballast-fleet" certs --out "$WORK/pki-1" 2>/dev/null
 mkdir -p "$WORK/secret"; secret_update "$WORK/pki-1"
 ln -s ..data/tls.crt "$WORK/secret/tls.crt"; ln -s ..data/tls.key "$WORK/secret/tls.key"
 
@@ -38,6 +37,7 @@ start_pod() { # $1 = pod index
   local ip="127.0.10.$(( $1 + 1 ))"
   "$BIN/ballast-fleet" gateway --listen "$ip:8080" --name "pod-$1" 2>"$WORK/gateway-$1.log" &
   PIDS+=($!)
+  GATEWAY_PID[$1]=$!
   "$BIN/ballast-sidecar" --listen "$ip:8443" --upstream "$ip:8080" --admin "$ip:9901" \
     --cert "$WORK/secret/tls.crt" --key "$WORK/secret/tls.key" --shutdown-drain 10s \
     2>"$WORK/sidecar-$1.log" &
@@ -46,7 +46,7 @@ start_pod() { # $1 = pod index
   for _ in $(seq 100); do curl -sf "http://$ip:9901/readyz" >/dev/null 2>&1 && return; sleep 0.1; done
   echo "pod-$1 did not become ready; its log:" >&2; cat "$WORK/sidecar-$1.log" >&2; exit 1
 }
-declare -a SIDECAR_PID
+declare -a SIDECAR_PID GATEWAY_PID
 start_pod 0; start_pod 1
 say "2 pods ready (127.0.10.1 and 127.0.10.2). Starting $AGENTS agents for ${SECONDS_TOTAL}s…"
 
@@ -57,20 +57,30 @@ FLEET=$!; PIDS+=($FLEET)
 
 sleep 10
 say "certificate renewal: publishing a new tls.crt/tls.key the kubelet way (atomic ..data swap)"
-"$BIN/ballast-fleet" certs --out "$WORK/pki-3" >/dev/null
-cp "$WORK/pki-1/ca.crt" "$WORK/pki-3/ca.crt"
-# Re-issue under the same CA so agents keep trusting it.
-"$BIN/ballast-fleet" certs --out "$WORK/pki-3" --ca-dir "$WORK/pki-1" >/dev/null 2>&1 || true
+# Re-issued under the same CA, as cert-manager renews: agents keep their trust anchor.
+"$BIN/ballast-fleet" certs --out "$WORK/pki-3" --ca-dir "$WORK/pki-1" 2>/dev/null
 secret_update "$WORK/pki-3"
 sleep 2
-for i in 0 1; do
-  curl -s "http://127.0.10.$((i+1)):9901/status" | python3 -c 'import json,sys; s=json.load(sys.stdin); c=s["certificate"]; print(f"  pod-'$i': sha256 {c[\"sha256\"][:16]}… generation {c[\"generation\"]}, connections {s[\"connections\"]} (on older certificate: {c[\"connections_on_older\"]}), last_error {c[\"last_error\"]}")' >&2
-done
+show_pods() {
+  for i in "$@"; do
+    curl -s "http://127.0.10.$((i+1)):9901/status" | python3 -c '
+import json, sys
+s = json.load(sys.stdin); c = s["certificate"]
+print("  pod-%s: serving sha256 %s… (generation %d), %d connections, %d on the older certificate, last_error=%s"
+      % (sys.argv[1], c["sha256"][:16], c["generation"], s["connections"], c["connections_on_older"], c["last_error"]))' "$i" >&2
+  done
+}
+show_pods 0 1
 
 sleep 8
 say "planned restart of pod-0: SIGTERM → readiness fails, connections drained over 10s, exit 0"
 kill -TERM "${SIDECAR_PID[0]}"
 wait "${SIDECAR_PID[0]}" && say "pod-0 sidecar exited 0 after draining" || say "pod-0 sidecar exit code $?"
+# Without a Service in front (no cluster here), agents still pick the stopped pod at random and
+# back off until it returns; in Kubernetes its endpoint is removed when readiness fails.
+kill "${GATEWAY_PID[0]}"; wait "${GATEWAY_PID[0]}" 2>/dev/null || true
+say "pod-0 restarted (new sidecar + gateway); it starts empty — rebalancing it is the operator's job"
+start_pod 0
 
 wait "$FLEET" || true
 say "fleet summary (false_offline is the figure INCIDENT.md was about):"

@@ -46,7 +46,23 @@ pub struct IssuedCert {
 impl Ca {
     /// Creates a CA with a fresh P-256 key, valid from one day ago for ten years.
     pub fn new(common_name: &str) -> Result<Ca> {
-        let key = KeyPair::generate().context("generating CA key")?;
+        Self::with_key(
+            common_name,
+            KeyPair::generate().context("generating CA key")?,
+        )
+    }
+
+    /// Re-creates a CA from its key (PEM, as written by [`Ca::key_pem`]). Its certificate is
+    /// re-signed, but with the same name and key, so what it issues chains to the original
+    /// CA certificate: a demo can renew a leaf without agents changing their trust anchor.
+    pub fn from_key_pem(common_name: &str, key_pem: &str) -> Result<Ca> {
+        Self::with_key(
+            common_name,
+            KeyPair::from_pem(key_pem).context("parsing CA key")?,
+        )
+    }
+
+    fn with_key(common_name: &str, key: KeyPair) -> Result<Ca> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, common_name);
@@ -67,6 +83,11 @@ impl Ca {
     /// The CA certificate in PEM, the trust anchor agents load.
     pub fn cert_pem(&self) -> String {
         self.cert.pem()
+    }
+
+    /// The CA's private key in PEM (PKCS#8), to issue more certificates later.
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
     }
 
     /// The CA certificate in DER.

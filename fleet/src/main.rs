@@ -99,6 +99,10 @@ struct CertsArgs {
     /// Issue an already expired server certificate (to rehearse a bad rotation).
     #[arg(long, env = "BALLAST_FLEET_EXPIRED")]
     expired: bool,
+    /// Issue under the CA in this directory (its ca.crt and ca.key) instead of a new CA, so
+    /// agents that trust it accept the new certificate: a renewal.
+    #[arg(long, env = "BALLAST_FLEET_CA_DIR")]
+    ca_dir: Option<PathBuf>,
 }
 
 fn parse_target(text: &str) -> Result<SocketAddr, String> {
@@ -184,7 +188,25 @@ async fn agents(args: AgentsArgs) -> Result<()> {
 }
 
 fn certs(args: CertsArgs) -> Result<()> {
-    let ca = Ca::new("ballast demo CA")?;
+    const CA_NAME: &str = "ballast demo CA";
+    let (ca, ca_pem) = match &args.ca_dir {
+        None => {
+            let ca = Ca::new(CA_NAME)?;
+            let pem = ca.cert_pem();
+            (ca, pem)
+        }
+        Some(dir) => {
+            let read = |name: &str| {
+                let path = dir.join(name);
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))
+            };
+            (
+                Ca::from_key_pem(CA_NAME, &read("ca.key")?)?,
+                read("ca.crt")?,
+            )
+        }
+    };
     let validity = if args.expired {
         Validity::Expired
     } else {
@@ -194,7 +216,8 @@ fn certs(args: CertsArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     for (name, content) in [
-        ("ca.crt", ca.cert_pem()),
+        ("ca.crt", ca_pem),
+        ("ca.key", ca.key_pem()),
         ("tls.crt", issued.cert_pem.clone()),
         ("tls.key", issued.key_pem.clone()),
     ] {
@@ -202,7 +225,7 @@ fn certs(args: CertsArgs) -> Result<()> {
         std::fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
     }
     eprintln!(
-        "wrote ca.crt, tls.crt, tls.key to {} (leaf sha256 {})",
+        "wrote ca.crt, ca.key, tls.crt, tls.key to {} (leaf sha256 {})",
         args.out.display(),
         issued.fingerprint()
     );
