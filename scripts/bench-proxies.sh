@@ -171,9 +171,9 @@ measure_reload() { # $1 proxy name
   done
   t1=$(date +%s%N)
   wait "$FLEET_PID" || true
-  local dropped
-  dropped=$(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["disconnects"], "false_offline="+str(s["false_offline"]), "longest_gap_s="+str(round(s["longest_gap_seconds"],2)))' "$summary")
-  RESULTS+=("$1 reload agents=$RELOAD_AGENTS dropped_connections=${dropped% *} ${dropped#* } reload_to_new_cert_ms=$(( (t1 - t0) / 1000000 ))")
+  local outcome
+  outcome=$(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print("dropped_connections=%d false_offline=%d longest_gap_s=%.2f" % (s["disconnects"], s["false_offline"], s["longest_gap_seconds"]))' "$summary")
+  RESULTS+=("$1 reload agents=$RELOAD_AGENTS $outcome reload_to_new_cert_ms=$(( (t1 - t0) / 1000000 ))")
   stop_proxy
 }
 

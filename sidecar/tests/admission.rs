@@ -11,7 +11,7 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_beyond_max_connections_is_refused_before_any_handshake() {
-    let _serial = serial();
+    let _serial = serial().await;
     let pki = Pki::new();
     let cert = pki.issue();
     let volume = SecretVolume::new(&cert.cert_pem, &cert.key_pem);
@@ -43,7 +43,7 @@ async fn the_connection_beyond_max_connections_is_refused_before_any_handshake()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_at_10x_the_handshake_rate_is_admitted_at_that_rate_and_heartbeats_keep_flowing() {
-    let _serial = serial();
+    let _serial = serial().await;
     let pki = Pki::new();
     let cert = pki.issue();
     let volume = SecretVolume::new(&cert.cert_pem, &cert.key_pem);
@@ -116,7 +116,7 @@ async fn a_storm_at_10x_the_handshake_rate_is_admitted_at_that_rate_and_heartbea
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_and_garbage_clients_are_cut_and_nobody_else_notices() {
-    let _serial = serial();
+    let _serial = serial().await;
     let pki = Pki::new();
     let cert = pki.issue();
     let volume = SecretVolume::new(&cert.cert_pem, &cert.key_pem);

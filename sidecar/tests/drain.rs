@@ -9,7 +9,7 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_500_of_1000_over_5_seconds_closes_exactly_500_gracefully_and_evenly() {
-    let _serial = serial();
+    let _serial = serial().await;
     let pki = Pki::new();
     let cert = pki.issue();
     let volume = SecretVolume::new(&cert.cert_pem, &cert.key_pem);
@@ -87,7 +87,7 @@ async fn drain_500_of_1000_over_5_seconds_closes_exactly_500_gracefully_and_even
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_drain_cancels_and_nothing_more_closes() {
-    let _serial = serial();
+    let _serial = serial().await;
     let pki = Pki::new();
     let cert = pki.issue();
     let volume = SecretVolume::new(&cert.cert_pem, &cert.key_pem);
@@ -128,7 +128,7 @@ async fn delete_drain_cancels_and_nothing_more_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drains_require_the_token_when_one_is_configured() {
-    let _serial = serial();
+    let _serial = serial().await;
     let pki = Pki::new();
     let cert = pki.issue();
     let volume = SecretVolume::new(&cert.cert_pem, &cert.key_pem);
@@ -152,7 +152,7 @@ async fn drains_require_the_token_when_one_is_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_fails_readiness_at_once_drains_over_the_window_and_exits_zero() {
-    let _serial = serial();
+    let _serial = serial().await;
     let pki = Pki::new();
     let cert = pki.issue();
     let volume = SecretVolume::new(&cert.cert_pem, &cert.key_pem);

@@ -11,7 +11,7 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_secret_swap_keeps_1000_agents_and_serves_the_new_certificate() {
-    let _serial = serial();
+    let _serial = serial().await;
     let pki = Pki::new();
     let old = pki.issue();
     let new = pki.issue();
@@ -82,7 +82,7 @@ async fn kubelet_secret_swap_keeps_1000_agents_and_serves_the_new_certificate() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_certificates_are_refused_and_the_old_one_keeps_serving() {
-    let _serial = serial();
+    let _serial = serial().await;
     let pki = Pki::new();
     let good = pki.issue();
     let other = pki.issue();
@@ -157,7 +157,7 @@ async fn bad_certificates_are_refused_and_the_old_one_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openssl_s_client_sees_the_new_certificate_after_a_reload() {
-    let _serial = serial();
+    let _serial = serial().await;
     let pki = Pki::new();
     let old = pki.issue();
     let new = pki.issue();

@@ -9,7 +9,7 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_is_logged_counted_and_agents_recover_when_it_returns() {
-    let _serial = serial();
+    let _serial = serial().await;
     let pki = Pki::new();
     let cert = pki.issue();
     let volume = SecretVolume::new(&cert.cert_pem, &cert.key_pem);

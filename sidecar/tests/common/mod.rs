@@ -8,17 +8,18 @@ use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ballast_fleet::certs::{Ca, IssuedCert, Validity};
 
 /// Heavy tests run one at a time: they measure rates and latencies on a 2-core machine, and
 /// running them side by side would measure each other.
-pub fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
+/// An async lock, because it is held across awaits (and a panicking test does not poison it).
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+    LOCK.lock().await
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
