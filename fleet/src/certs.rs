@@ -97,7 +97,25 @@ impl Ca {
 
     /// Issues a server certificate for `sans` (DNS names or IP addresses).
     pub fn issue_server(&self, sans: &[String], validity: Validity) -> Result<IssuedCert> {
-        let key = KeyPair::generate().context("generating server key")?;
+        self.issue(sans, validity, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// Issues a client certificate (for agents of a mutual-TLS gateway) named `name`.
+    pub fn issue_client(&self, name: &str) -> Result<IssuedCert> {
+        self.issue(
+            &[name.to_owned()],
+            Validity::Current,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    }
+
+    fn issue(
+        &self,
+        sans: &[String],
+        validity: Validity,
+        usage: ExtendedKeyUsagePurpose,
+    ) -> Result<IssuedCert> {
+        let key = KeyPair::generate().context("generating key")?;
         let mut params = CertificateParams::new(sans.to_vec()).context("parsing SANs")?;
         let mut dn = DistinguishedName::new();
         dn.push(
@@ -107,11 +125,11 @@ impl Ca {
         params.distinguished_name = dn;
         params.is_ca = IsCa::NoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![usage];
         set_window(&mut params, validity);
         let leaf = params
             .signed_by(&key, &self.cert, &self.key)
-            .context("signing server certificate")?;
+            .context("signing certificate")?;
         Ok(IssuedCert {
             cert_pem: format!("{}{}", leaf.pem(), self.cert.pem()),
             key_pem: key.serialize_pem(),
