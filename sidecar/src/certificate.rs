@@ -67,7 +67,7 @@ pub struct ServingCertificate {
 }
 
 /// The raw file contents; compared between polls to notice a change.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PemFiles {
     pub cert: Vec<u8>,
     pub key: Vec<u8>,
@@ -164,4 +164,73 @@ pub fn validate(
 pub fn sha256_hex(der: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, der);
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn pair(not_before_days: i64, not_after_days: i64) -> PemFiles {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        let now = rcgen::date_time_ymd(2026, 11, 24);
+        params.not_before = now + Duration::from_secs(86_400) * not_before_days as u32;
+        params.not_after = now + Duration::from_secs(86_400) * not_after_days as u32;
+        let cert = params.self_signed(&key).unwrap();
+        PemFiles {
+            cert: cert.pem().into_bytes(),
+            key: key.serialize_pem().into_bytes(),
+        }
+    }
+
+    fn check(files: &PemFiles, now_days: u64) -> Result<ServingCertificate, CertificateError> {
+        // 2026-11-24T00:00:00Z plus whole days.
+        let now = UNIX_EPOCH + Duration::from_secs(1_795_478_400 + now_days * 86_400);
+        let provider = rustls::crypto::ring::default_provider();
+        validate(
+            files,
+            Path::new("tls.crt"),
+            Path::new("tls.key"),
+            &provider,
+            now,
+        )
+    }
+
+    #[test]
+    fn a_current_pair_is_served_with_its_fingerprint_and_dates() {
+        let files = pair(0, 30);
+        let served = check(&files, 1).unwrap();
+        assert_eq!(served.sha256.len(), 64);
+        assert_eq!(served.not_after - served.not_before, 30 * 86_400);
+    }
+
+    #[test]
+    fn each_kind_of_bad_pair_has_its_own_reason() {
+        let good = pair(0, 30);
+        assert_eq!(check(&good, 31).unwrap_err().metric_label(), "expired");
+        let future = pair(2, 30);
+        assert_eq!(
+            check(&future, 1).unwrap_err().metric_label(),
+            "not_yet_valid"
+        );
+        let mismatch = PemFiles {
+            cert: good.cert.clone(),
+            key: pair(0, 30).key,
+        };
+        assert_eq!(
+            check(&mismatch, 1).unwrap_err().metric_label(),
+            "key_mismatch"
+        );
+        let no_key = PemFiles {
+            cert: good.cert.clone(),
+            key: b"nothing here".to_vec(),
+        };
+        assert_eq!(check(&no_key, 1).unwrap_err().metric_label(), "bad_key");
+        let garbage = PemFiles {
+            cert: b"garbage".to_vec(),
+            key: good.key.clone(),
+        };
+        assert_eq!(check(&garbage, 1).unwrap_err().metric_label(), "malformed");
+    }
 }

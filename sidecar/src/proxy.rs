@@ -80,6 +80,10 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut ti
     };
 
     let registration = shared.connections.register(served.generation);
+    if !shared.accepting() {
+        // Finished its handshake after SIGTERM's drain took its list: close it the same way.
+        registration.close.notify_one();
+    }
     metrics.connections.inc();
     let cause = pump(client, upstream, &registration.close).await;
     drop(registration);

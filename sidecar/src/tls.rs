@@ -152,6 +152,10 @@ impl TlsState {
                 true
             }
             Err(StartupError::Certificate(err)) => {
+                if matches!(err, CertificateError::NotYetValid { .. }) {
+                    // Same files may become valid later (clock skew): look at them again.
+                    *self.last_files.write().expect("tls state lock") = PemFiles::default();
+                }
                 self.record_failure(&err, metrics);
                 false
             }
