@@ -1,0 +1,394 @@
+//! The `PresenceCluster` custom resource (`ballast.dev/v1alpha1`).
+//!
+//! Every `///` comment on a field becomes its description in the CRD, which is what
+//! `kubectl explain presencecluster.spec…` prints: they are written for the platform engineer
+//! reading them there. Defaults live in the schema (so `kubectl get -o yaml` shows what is in
+//! force); rules a plain schema cannot say are CEL rules checked by the apiserver.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{PodTemplateSpec, ResourceRequirements};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A fleet of presence gateways whose TLS is terminated by the Ballast sidecar, so that
+/// certificate renewals and restarts never take agents offline.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "ballast.dev",
+    version = "v1alpha1",
+    kind = "PresenceCluster",
+    plural = "presenceclusters",
+    shortname = "prc",
+    category = "ballast",
+    namespaced,
+    status = "PresenceClusterStatus",
+    derive = "PartialEq",
+    doc = "A fleet of presence gateways with the Ballast sidecar injected: certificate rotations and restarts happen without agents going offline.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.ready"),
+    printcolumn(name = "Connections", type_ = "integer", json_path = ".status.connections"),
+    printcolumn(name = "Imbalance", type_ = "number", json_path = ".status.imbalance"),
+    printcolumn(name = "Cert-Expiry", type_ = "date", json_path = ".status.certificate.notAfter"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("self.migration.maxUnavailable <= self.replicas || self.replicas == 0").message("migration.maxUnavailable must not exceed replicas"))]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceClusterSpec {
+    /// Number of gateway pods.
+    #[serde(default = "defaults::replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+
+    /// Pod template of your gateway, as in a Deployment. Ballast adds its sidecar container,
+    /// the TLS volume and the labels it needs; your containers are left as they are. One
+    /// container must be the gateway (see `gateway.container`).
+    #[schemars(schema_with = "preserve_object")]
+    pub template: PodTemplateSpec,
+
+    /// Where the gateway listens for the plain-TCP connections the sidecar forwards.
+    #[serde(default)]
+    pub gateway: GatewaySpec,
+
+    /// What the agents connect to.
+    #[serde(default)]
+    pub listener: ListenerSpec,
+
+    /// The certificate agents see and how its renewals are rolled out.
+    pub tls: TlsSpec,
+
+    /// Per-pod limits the sidecar enforces before any TLS work (admission control).
+    #[serde(default)]
+    pub capacity: CapacitySpec,
+
+    /// How fast connections may be moved during rotations and restarts.
+    #[serde(default)]
+    pub migration: MigrationSpec,
+
+    /// Moving connections back onto under-loaded pods after a restart or scale-up.
+    #[serde(default)]
+    pub rebalance: RebalanceSpec,
+
+    /// What the agents' monitoring calls offline.
+    #[serde(default)]
+    pub presence: PresenceSpec,
+
+    /// The injected sidecar container.
+    #[serde(default)]
+    pub sidecar: SidecarSpec,
+}
+
+/// The user's gateway container.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// Port the gateway listens on inside the pod (plain TCP).
+    #[serde(default = "defaults::gateway_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Name of the gateway container in the template. Empty: the first container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+}
+
+/// The agents' side: TLS port and the Service in front of the pods.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerSpec {
+    /// TLS port the sidecar listens on, and the Service's port.
+    #[serde(default = "defaults::listener_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// The client-facing Service.
+    #[serde(default)]
+    pub service: ServiceSpec,
+}
+
+/// The client-facing Service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Service type.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Annotations for the Service (for example your cloud load balancer's settings).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Kubernetes Service type.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum ServiceType {
+    ClusterIP,
+    NodePort,
+    #[default]
+    LoadBalancer,
+}
+
+/// The serving certificate.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// Name of the `kubernetes.io/tls` Secret (keys `tls.crt`, `tls.key`) in this namespace,
+    /// typically written and renewed by cert-manager.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub secret_name: String,
+    /// How renewals reach the gateways.
+    #[serde(default)]
+    pub rotation: RotationSpec,
+}
+
+/// How a renewed certificate is rolled out.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationSpec {
+    /// `HotReload`: the sidecars load the renewed Secret in place; nobody is disconnected.
+    /// `RollingRestart`: for gateways that must restart; pods are drained one by one within
+    /// the migration budget.
+    #[serde(default)]
+    pub strategy: RotationStrategy,
+    /// Optionally re-handshake connections still on the old certificate, spread over this
+    /// window, so none of them outlives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconnect_existing: Option<ReconnectExisting>,
+}
+
+/// Rotation strategy.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum RotationStrategy {
+    #[default]
+    HotReload,
+    RollingRestart,
+}
+
+/// Gradual re-handshake of old-certificate connections.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconnectExisting {
+    /// Window to spread the reconnects over, e.g. `6h`.
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub within: String,
+}
+
+/// Per-pod limits.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CapacitySpec {
+    /// Connections a pod holds at most; beyond it the sidecar refuses before the handshake.
+    #[serde(default = "defaults::max_connections")]
+    #[schemars(range(min = 1))]
+    pub max_connections_per_pod: i32,
+    /// New TLS handshakes a pod accepts per second; the excess is refused cheaply and retried.
+    #[serde(default = "defaults::max_handshakes")]
+    #[schemars(range(min = 1))]
+    pub max_handshakes_per_second_per_pod: i32,
+}
+
+/// Budget for moving connections.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationSpec {
+    /// Fleet-wide reconnects per second that planned closes may cause.
+    #[serde(default = "defaults::max_reconnects")]
+    #[schemars(range(min = 1))]
+    pub max_reconnects_per_second: i32,
+    /// Pods that may be draining or restarting at once (also the PodDisruptionBudget).
+    #[serde(default = "defaults::max_unavailable")]
+    #[schemars(range(min = 1))]
+    pub max_unavailable: i32,
+    /// Longest a pod's drain may take; the pod's termination grace period is set above it.
+    #[serde(default = "defaults::drain_timeout")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub drain_timeout: String,
+}
+
+/// Rebalancing after restarts and scale-ups.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RebalanceSpec {
+    /// Move connections from over-loaded to under-loaded pods.
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// A pod counts as over-loaded above mean × (1 + tolerancePercent/100).
+    #[serde(default = "defaults::tolerance")]
+    #[schemars(range(min = 0, max = 100))]
+    pub tolerance_percent: i32,
+}
+
+/// The agents' offline rule.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceSpec {
+    /// An agent disconnected longer than this shows as offline; no planned gap may come near it.
+    #[serde(default = "defaults::offline_threshold")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub offline_threshold: String,
+}
+
+/// The injected sidecar.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarSpec {
+    /// Sidecar image.
+    #[serde(default = "defaults::sidecar_image")]
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// Admin port (/readyz, /metrics, /status, /drain).
+    #[serde(default = "defaults::admin_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub admin_port: i32,
+    /// Resource requests and limits of the sidecar container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_object")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// Where the fleet is, in one word.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum Phase {
+    #[default]
+    Pending,
+    Stable,
+    Rotating,
+    Draining,
+    Rebalancing,
+    Degraded,
+}
+
+/// Observed state, written by the operator only.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceClusterStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub phase: Phase,
+    /// Ready, CertificateServed, Balanced, Migrating.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Pods that exist.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Pods ready to take agents.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// `ready/desired`, for `kubectl get`.
+    #[serde(default)]
+    pub ready: String,
+    /// Label selector of the pods (for the scale subresource and `kubectl get pods -l`).
+    #[serde(default)]
+    pub selector: String,
+    /// Agent connections across all pods, as the sidecars report them.
+    #[serde(default)]
+    pub connections: i64,
+    /// Busiest pod's connections ÷ mean (1.0 is perfectly balanced).
+    #[serde(default)]
+    pub imbalance: f64,
+    /// The certificate in the Secret and how many pods serve it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateStatus>,
+}
+
+/// The Secret's certificate.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateStatus {
+    /// SHA-256 of the leaf (hex), as the sidecars report it in `/status`.
+    pub sha256: String,
+    /// Expiry of the leaf, RFC 3339.
+    pub not_after: String,
+    /// `served/ready pods`: pods whose sidecar serves this certificate.
+    pub served: String,
+}
+
+/// A `metav1.Condition`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    pub last_transition_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// An object schema the apiserver stores as given (pod templates are validated again when
+/// the StatefulSet built from them is applied, and their schema would triple the CRD's size).
+fn preserve_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+mod defaults {
+    pub fn replicas() -> i32 {
+        3
+    }
+    pub fn gateway_port() -> i32 {
+        8080
+    }
+    pub fn listener_port() -> i32 {
+        8443
+    }
+    pub fn admin_port() -> i32 {
+        9901
+    }
+    pub fn max_connections() -> i32 {
+        50_000
+    }
+    pub fn max_handshakes() -> i32 {
+        500
+    }
+    pub fn max_reconnects() -> i32 {
+        2_000
+    }
+    pub fn max_unavailable() -> i32 {
+        1
+    }
+    pub fn drain_timeout() -> String {
+        "10m".into()
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn tolerance() -> i32 {
+        10
+    }
+    pub fn offline_threshold() -> String {
+        "60s".into()
+    }
+    pub fn sidecar_image() -> String {
+        format!("ballast/sidecar:{}", env!("CARGO_PKG_VERSION"))
+    }
+}
+
+macro_rules! default_from_serde {
+    ($($t:ty),*) => {$(
+        impl Default for $t {
+            fn default() -> Self {
+                serde_json::from_value(serde_json::json!({})).expect("every field has a default")
+            }
+        }
+    )*};
+}
+default_from_serde!(
+    GatewaySpec,
+    ListenerSpec,
+    CapacitySpec,
+    MigrationSpec,
+    RebalanceSpec,
+    PresenceSpec,
+    SidecarSpec
+);
