@@ -33,10 +33,22 @@ use serde::{Deserialize, Serialize};
     ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.ready"),
-    printcolumn(name = "Connections", type_ = "integer", json_path = ".status.connections"),
+    printcolumn(
+        name = "Connections",
+        type_ = "integer",
+        json_path = ".status.connections"
+    ),
     printcolumn(name = "Imbalance", type_ = "number", json_path = ".status.imbalance"),
-    printcolumn(name = "Cert-Expiry", type_ = "date", json_path = ".status.certificate.notAfter"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Cert-Expiry",
+        type_ = "date",
+        json_path = ".status.certificate.notAfter"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("self.migration.maxUnavailable <= self.replicas || self.replicas == 0").message("migration.maxUnavailable must not exceed replicas"))]
 #[serde(rename_all = "camelCase")]
@@ -137,7 +149,10 @@ pub enum ServiceType {
 pub struct TlsSpec {
     /// Name of the `kubernetes.io/tls` Secret (keys `tls.crt`, `tls.key`) in this namespace,
     /// typically written and renewed by cert-manager.
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub secret_name: String,
     /// How renewals reach the gateways.
     #[serde(default)]
@@ -206,6 +221,16 @@ pub struct MigrationSpec {
     #[serde(default = "defaults::drain_timeout")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
     pub drain_timeout: String,
+}
+
+impl MigrationSpec {
+    /// The drain timeout in whole seconds (the schema's pattern guarantees it parses; an
+    /// unparseable value from an older schema falls back to the default, 10 minutes).
+    pub fn drain_timeout_seconds(&self) -> i64 {
+        ballast_sidecar::config::parse_duration(&self.drain_timeout)
+            .map(|d| d.as_secs().max(1) as i64)
+            .unwrap_or(600)
+    }
 }
 
 /// Rebalancing after restarts and scale-ups.

@@ -1,11 +1,21 @@
 //! # ballast-operator
 //!
 //! Reconciles `PresenceCluster` resources into a gateway fleet with the Ballast sidecar
-//! injected. The pipeline of one reconcile: validate → build → apply → status.
+//! injected. The pipeline of one reconcile, each step its own module:
 //!
-//! - [`crd`]: the resource's types; their doc comments are `kubectl explain`.
+//! 1. [`validate`]: is the spec usable, is the Secret there and its certificate good?
+//! 2. [`workload`]: build every owned object as plain data (no client).
+//! 3. [`reconcile`]: apply them with server-side apply, read the pods and sidecars.
+//! 4. [`status`]: compute and write the status and the Events a person should see.
+//!
+//! [`crd`] holds the resource's types; their doc comments are what `kubectl explain` shows.
 
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 pub mod crd;
+pub mod validate;
+pub mod workload;
+
+#[cfg(test)]
+mod testing;

@@ -1,0 +1,485 @@
+//! Build: every object the operator owns, computed from the `PresenceCluster` alone.
+//!
+//! No client, no I/O: the output is plain data, unit-tested as such, and applied with
+//! server-side apply by [`crate::reconcile`]. The gateway pods come from a StatefulSet with
+//! `updateStrategy: OnDelete`, so a spec or certificate change never restarts a pod by itself:
+//! the operator alone decides when a pod goes, after draining it (stable pod names also make
+//! per-pod reports and drains easy to follow).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec as CoreServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{PresenceCluster, ServiceType};
+
+/// Name of the injected container.
+pub const SIDECAR_CONTAINER: &str = "ballast-sidecar";
+/// Name of the injected TLS volume.
+pub const TLS_VOLUME: &str = "ballast-tls";
+/// Where the sidecar finds the Secret.
+pub const TLS_MOUNT: &str = "/etc/ballast/tls";
+/// Label on every owned object and pod: the PresenceCluster's name.
+pub const CLUSTER_LABEL: &str = "ballast.dev/presencecluster";
+/// Extra time beyond the drain window before the kubelet kills a terminating pod.
+const GRACE_MARGIN_SECONDS: i64 = 30;
+
+/// How pods reach each other's addresses; a property of the cluster, not of one resource.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Environment {
+    /// Bind the sidecar to the pod IP (and reach the gateway there) instead of 0.0.0.0 and
+    /// 127.0.0.1: needed where pods share one network namespace (the e2e process kubelet).
+    pub bind_pod_ip: bool,
+}
+
+/// Everything one PresenceCluster owns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Workload {
+    pub statefulset: StatefulSet,
+    pub service: Service,
+    pub headless: Service,
+    pub pdb: PodDisruptionBudget,
+}
+
+/// Labels that select this cluster's pods.
+pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(CLUSTER_LABEL.to_owned(), name.to_owned())])
+}
+
+/// `kubectl get pods -l …` form of [`selector_labels`].
+pub fn selector_string(name: &str) -> String {
+    format!("{CLUSTER_LABEL}={name}")
+}
+
+fn common_labels(name: &str) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(name);
+    labels.insert("app.kubernetes.io/name".into(), "ballast-gateway".into());
+    labels.insert("app.kubernetes.io/instance".into(), name.into());
+    labels.insert(
+        "app.kubernetes.io/managed-by".into(),
+        "ballast-operator".into(),
+    );
+    labels
+}
+
+fn owned_meta(prc: &PresenceCluster, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: prc.namespace(),
+        labels: Some(common_labels(&prc.name_any())),
+        owner_references: Some(vec![owner(prc)]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn owner(prc: &PresenceCluster) -> OwnerReference {
+    prc.controller_owner_ref(&())
+        .expect("a PresenceCluster read from the API has a name and uid")
+}
+
+/// Name of the headless Service that gives pods stable DNS names.
+pub fn headless_name(name: &str) -> String {
+    format!("{name}-pods")
+}
+
+/// Builds every owned object. `gateway_container` is the index validation found.
+pub fn build(prc: &PresenceCluster, env: &Environment) -> Workload {
+    let name = prc.name_any();
+    Workload {
+        statefulset: statefulset(prc, &name, env),
+        service: service(prc, &name),
+        headless: headless(prc, &name),
+        pdb: pdb(prc, &name),
+    }
+}
+
+fn statefulset(prc: &PresenceCluster, name: &str, env: &Environment) -> StatefulSet {
+    let spec = &prc.spec;
+    let mut template = spec.template.clone();
+    let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .extend(common_labels(name));
+    let pod = template.spec.get_or_insert_with(PodSpec::default);
+    pod.containers.push(sidecar_container(prc, env));
+    pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+        name: TLS_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(spec.tls.secret_name.clone()),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
+    // The kubelet must wait for the whole drain before killing anything.
+    let needed = spec.migration.drain_timeout_seconds() + GRACE_MARGIN_SECONDS;
+    pod.termination_grace_period_seconds = Some(
+        pod.termination_grace_period_seconds
+            .unwrap_or(0)
+            .max(needed),
+    );
+
+    StatefulSet {
+        metadata: owned_meta(prc, name.to_owned()),
+        spec: StatefulSetSpec {
+            replicas: Some(spec.replicas),
+            service_name: Some(headless_name(name)),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(name)),
+                ..LabelSelector::default()
+            },
+            // Pods start and stop independently: scaling need not wait for each one in turn.
+            pod_management_policy: Some("Parallel".into()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".into()),
+                ..StatefulSetUpdateStrategy::default()
+            }),
+            template,
+            ..StatefulSetSpec::default()
+        },
+        status: None,
+    }
+}
+
+fn sidecar_container(prc: &PresenceCluster, env: &Environment) -> Container {
+    let spec = &prc.spec;
+    let bind = if env.bind_pod_ip {
+        "$(POD_IP)"
+    } else {
+        "0.0.0.0"
+    };
+    let upstream = if env.bind_pod_ip {
+        "$(POD_IP)"
+    } else {
+        "127.0.0.1"
+    };
+    let admin_port = spec.sidecar.admin_port;
+    let drain = spec.migration.drain_timeout_seconds();
+    let args = vec![
+        format!("--listen={bind}:{}", spec.listener.port),
+        format!("--admin={bind}:{admin_port}"),
+        format!("--upstream={upstream}:{}", spec.gateway.port),
+        format!("--cert={TLS_MOUNT}/tls.crt"),
+        format!("--key={TLS_MOUNT}/tls.key"),
+        format!(
+            "--max-connections={}",
+            spec.capacity.max_connections_per_pod
+        ),
+        format!(
+            "--max-handshakes-per-second={}",
+            spec.capacity.max_handshakes_per_second_per_pod
+        ),
+        format!("--shutdown-drain={drain}s"),
+        "--log-format=json".into(),
+    ];
+    let http_probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("admin".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    };
+    Container {
+        name: SIDECAR_CONTAINER.into(),
+        image: Some(spec.sidecar.image.clone()),
+        args: Some(args),
+        env: Some(vec![EnvVar {
+            name: "POD_IP".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "status.podIP".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("tls".into()),
+                container_port: spec.listener.port,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("admin".into()),
+                container_port: admin_port,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
+        readiness_probe: Some(http_probe("/readyz", 2, 1)),
+        liveness_probe: Some(http_probe("/healthz", 10, 3)),
+        volume_mounts: Some(vec![VolumeMount {
+            name: TLS_VOLUME.into(),
+            mount_path: TLS_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        resources: Some(
+            spec.sidecar
+                .resources
+                .clone()
+                .unwrap_or_else(default_resources),
+        ),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    }
+}
+
+/// Requests sized for ~10k idle agents (about 12 KiB each, see the benchmark); no CPU limit,
+/// since throttling during a reconnect storm is exactly what must not happen.
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".into(), Quantity("100m".into())),
+            ("memory".into(), Quantity("192Mi".into())),
+        ])),
+        limits: Some(BTreeMap::from([("memory".into(), Quantity("1Gi".into()))])),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn service(prc: &PresenceCluster, name: &str) -> Service {
+    let svc = &prc.spec.listener.service;
+    let mut meta = owned_meta(prc, name.to_owned());
+    if !svc.annotations.is_empty() {
+        meta.annotations = Some(svc.annotations.clone());
+    }
+    let type_ = match svc.type_ {
+        ServiceType::ClusterIP => "ClusterIP",
+        ServiceType::NodePort => "NodePort",
+        ServiceType::LoadBalancer => "LoadBalancer",
+    };
+    Service {
+        metadata: meta,
+        spec: Some(CoreServiceSpec {
+            type_: Some(type_.into()),
+            selector: Some(selector_labels(name)),
+            ports: Some(vec![ServicePort {
+                name: Some("tls".into()),
+                port: prc.spec.listener.port,
+                target_port: Some(IntOrString::String("tls".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..CoreServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn headless(prc: &PresenceCluster, name: &str) -> Service {
+    Service {
+        metadata: owned_meta(prc, headless_name(name)),
+        spec: Some(CoreServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(selector_labels(name)),
+            // The operator reads every pod's /status, ready or not.
+            publish_not_ready_addresses: Some(true),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("tls".into()),
+                    port: prc.spec.listener.port,
+                    target_port: Some(IntOrString::String("tls".into())),
+                    ..ServicePort::default()
+                },
+                ServicePort {
+                    name: Some("admin".into()),
+                    port: prc.spec.sidecar.admin_port,
+                    target_port: Some(IntOrString::String("admin".into())),
+                    ..ServicePort::default()
+                },
+            ]),
+            ..CoreServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn pdb(prc: &PresenceCluster, name: &str) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: owned_meta(prc, name.to_owned()),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(prc.spec.migration.max_unavailable)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(name)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::example;
+
+    fn sidecar(w: &Workload) -> Container {
+        let pod = w.statefulset.spec.template.spec.as_ref().unwrap();
+        pod.containers
+            .iter()
+            .find(|c| c.name == SIDECAR_CONTAINER)
+            .cloned()
+            .expect("sidecar injected")
+    }
+
+    #[test]
+    fn the_sidecar_is_injected_next_to_the_users_containers_with_args_from_the_spec() {
+        let w = build(&example(), &Environment::default());
+        let pod = w.statefulset.spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.containers.len(), 2);
+        assert_eq!(
+            pod.containers[0].name, "gateway",
+            "user's container untouched, first"
+        );
+        let c = sidecar(&w);
+        let args = c.args.unwrap();
+        for expected in [
+            "--listen=0.0.0.0:8443",
+            "--upstream=127.0.0.1:8080",
+            "--cert=/etc/ballast/tls/tls.crt",
+            "--max-connections=50000",
+            "--max-handshakes-per-second=500",
+            "--shutdown-drain=600s",
+        ] {
+            assert!(
+                args.contains(&expected.to_owned()),
+                "{expected} not in {args:?}"
+            );
+        }
+        let probe = c.readiness_probe.unwrap().http_get.unwrap();
+        assert_eq!(probe.path.as_deref(), Some("/readyz"));
+        assert_eq!(probe.port, IntOrString::String("admin".into()));
+        let mount = &c.volume_mounts.unwrap()[0];
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            (TLS_MOUNT, Some(true))
+        );
+        let volume = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == TLS_VOLUME)
+            .unwrap();
+        assert_eq!(
+            volume.secret.as_ref().unwrap().secret_name.as_deref(),
+            Some("agents-tls")
+        );
+    }
+
+    #[test]
+    fn pods_can_bind_their_own_ip_where_pods_share_a_network() {
+        let w = build(&example(), &Environment { bind_pod_ip: true });
+        let args = sidecar(&w).args.unwrap();
+        assert!(args.contains(&"--listen=$(POD_IP):8443".to_owned()));
+        assert!(args.contains(&"--upstream=$(POD_IP):8080".to_owned()));
+    }
+
+    #[test]
+    fn the_sidecar_runs_locked_down() {
+        let sc = sidecar(&build(&example(), &Environment::default()))
+            .security_context
+            .unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_owned()]));
+        assert_eq!(sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+    }
+
+    #[test]
+    fn every_object_is_owned_by_the_presence_cluster() {
+        let prc = example();
+        let w = build(&prc, &Environment::default());
+        let metas = [
+            &w.statefulset.metadata,
+            &w.service.metadata,
+            &w.headless.metadata,
+            &w.pdb.metadata,
+        ];
+        for meta in metas {
+            let owners = meta.owner_references.as_ref().unwrap();
+            assert_eq!(owners.len(), 1);
+            assert_eq!(owners[0].kind, "PresenceCluster");
+            assert_eq!(owners[0].uid, "uid-1");
+            assert_eq!(owners[0].controller, Some(true));
+            assert_eq!(meta.namespace.as_deref(), Some("agents"));
+        }
+    }
+
+    #[test]
+    fn restarts_belong_to_the_operator_and_grace_outlasts_the_drain() {
+        let w = build(&example(), &Environment::default());
+        let spec = w.statefulset.spec;
+        assert_eq!(
+            spec.update_strategy.unwrap().type_.as_deref(),
+            Some("OnDelete")
+        );
+        assert_eq!(spec.replicas, Some(3));
+        assert_eq!(
+            spec.template.spec.unwrap().termination_grace_period_seconds,
+            Some(630)
+        );
+        assert_eq!(
+            spec.template.metadata.unwrap().labels.unwrap()[CLUSTER_LABEL],
+            "edge"
+        );
+    }
+
+    #[test]
+    fn services_and_budget_follow_the_spec() {
+        let mut prc = example();
+        prc.spec.listener.service.type_ = ServiceType::ClusterIP;
+        prc.spec
+            .listener
+            .service
+            .annotations
+            .insert("lb/idle-timeout".into(), "3600".into());
+        prc.spec.migration.max_unavailable = 2;
+        let w = build(&prc, &Environment::default());
+        let svc = w.service.spec.unwrap();
+        assert_eq!(svc.type_.as_deref(), Some("ClusterIP"));
+        assert_eq!(svc.ports.unwrap()[0].port, 8443);
+        assert_eq!(
+            w.service.metadata.annotations.unwrap()["lb/idle-timeout"],
+            "3600"
+        );
+        assert_eq!(w.headless.spec.unwrap().cluster_ip.as_deref(), Some("None"));
+        assert_eq!(
+            w.pdb.spec.unwrap().max_unavailable,
+            Some(IntOrString::Int(2))
+        );
+    }
+}
