@@ -91,7 +91,22 @@ link() { ln -sfn "$1" "$BIN_DIR/$(basename "$1")"; }
 
 # ---------------------------------------------------------------- kubernetes
 K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+# Version ldflags, as the Kubernetes release build sets them (hack/lib/version.sh), for both
+# version packages. gitCommit is set to "" because the module zip does not carry the commit
+# (otherwise /version would show the unexpanded "$Format:%H$" placeholder).
+# buildDate is appended at build time and kept out of the cache stamp.
+k8s_ldflags() {
+  local v=${KUBERNETES_VERSION#v} major minor p out="-s -w"
+  major=${v%%.*}; minor=${v#*.}; minor=${minor%%.*}
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    out+=" -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=$major -X $p.gitMinor=$minor"
+    out+=" -X $p.gitCommit= -X $p.gitTreeState=clean"
+  done
+  echo "$out"
+}
+K8S_LDFLAGS=$(k8s_ldflags)
 k8s_ok() {
+  [[ $(cat "$K8S_DIR/bin/.$1.ldflags" 2>/dev/null) == "$K8S_LDFLAGS" ]] || return 1
   if [[ $1 == kubectl ]]; then ok "$K8S_DIR/bin/kubectl" "$KUBERNETES_VERSION" version --client
   else ok "$K8S_DIR/bin/$1" "Kubernetes $KUBERNETES_VERSION" --version; fi
 }
@@ -137,11 +152,9 @@ build_k8s() {
   done
   if ((${#missing[@]})); then
     prepare_k8s_module
-    local v=${KUBERNETES_VERSION#v} major minor ldflags="-s -w" p
-    major=${v%%.*}; minor=${v#*.}; minor=${minor%%.*}
+    local ldflags=$K8S_LDFLAGS p
     for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-      ldflags+=" -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=$major -X $p.gitMinor=$minor"
-      ldflags+=" -X $p.gitTreeState=clean -X $p.buildDate=$BUILD_DATE"
+      ldflags+=" -X $p.buildDate=$BUILD_DATE"
     done
     mkdir -p "$K8S_DIR/bin"
     for b in "${missing[@]}"; do
@@ -150,6 +163,7 @@ build_k8s() {
       (cd "$K8S_DIR/src" && GO build -trimpath -ldflags "$ldflags" -o "$K8S_DIR/bin/.$b.tmp" "k8s.io/kubernetes/cmd/$b") \
         || die "building $b failed (consumer module: $K8S_DIR/src)"
       mv -f "$K8S_DIR/bin/.$b.tmp" "$K8S_DIR/bin/$b"
+      echo "$K8S_LDFLAGS" >"$K8S_DIR/bin/.$b.ldflags"
       k8s_ok "$b" || die "$b built but its version check failed"
       log "$b $KUBERNETES_VERSION: built in $(fmt_secs $((SECONDS - t0)))"
     done
@@ -258,9 +272,11 @@ build_helm() {
 # ---------------------------------------------------------------- cert-manager
 build_cert_manager() {
   local bin=$CM_DIR/bin/cert-manager-controller
-  local srcsum
-  srcsum=$(cksum <"$HERE/cert-manager-controller/main.go" | cut -d' ' -f1)
-  if ok "$bin" "$CERT_MANAGER_VERSION" --version && [[ $(cat "$CM_DIR/bin/.main.cksum" 2>/dev/null) == "$srcsum" ]]; then
+  local srcsum stamp
+  local ldflags="-s -w -X main.version=$CERT_MANAGER_VERSION -X github.com/cert-manager/cert-manager/pkg/util.AppVersion=$CERT_MANAGER_VERSION"
+  srcsum=$({ cat "$HERE/cert-manager-controller/main.go"; echo "$CERT_MANAGER_DEP_PINS"; } | cksum | cut -d' ' -f1)
+  stamp="$srcsum $ldflags"
+  if ok "$bin" "$CERT_MANAGER_VERSION" --version && [[ $(cat "$CM_DIR/bin/.stamp" 2>/dev/null) == "$stamp" ]]; then
     log "cert-manager-controller $CERT_MANAGER_VERSION: cached"
   else
     local src=$CM_DIR/src
@@ -294,11 +310,11 @@ EOF
     log "cert-manager-controller $CERT_MANAGER_VERSION: building…"
     local t0=$SECONDS
     mkdir -p "$CM_DIR/bin"
-    (cd "$src" && GO build -trimpath -ldflags "-s -w -X main.version=$CERT_MANAGER_VERSION" -o "$CM_DIR/bin/.cmc.tmp" .) \
+    (cd "$src" && GO build -trimpath -ldflags "$ldflags" -o "$CM_DIR/bin/.cmc.tmp" .) \
       || die "building cert-manager-controller failed (consumer module: $src)"
     mv -f "$CM_DIR/bin/.cmc.tmp" "$bin"
     ok "$bin" "$CERT_MANAGER_VERSION" --version || die "cert-manager-controller built but --version check failed"
-    echo "$srcsum" >"$CM_DIR/bin/.main.cksum"
+    echo "$stamp" >"$CM_DIR/bin/.stamp"
     log "cert-manager-controller $CERT_MANAGER_VERSION: built in $(fmt_secs $((SECONDS - t0)))"
   fi
   link "$bin"

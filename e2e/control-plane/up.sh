@@ -77,7 +77,8 @@ for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl cert
   [[ -x $BIN/$b ]] || { echo "[up] ERROR: $BIN/$b missing after build.sh" >&2; exit 1; }
 done
 
-mkdir -p "$STATE"/{pki,logs,etcd}
+mkdir -p "$STATE"/{pki,logs}
+mkdir -m 700 "$STATE/etcd"
 touch "$STATE/$MARKER"
 : >"$STATE/pids"
 chmod 700 "$STATE"
@@ -220,6 +221,10 @@ start etcd "$BIN/etcd" \
 wait_for etcd 30 curl -sf --max-time 2 "http://127.0.0.1:$ETCD_CLIENT_PORT/health"
 
 # ------------------------------------------------------------------ kube-apiserver
+# --endpoint-reconciler-type=none: with --advertise-address=127.0.0.1 the default (lease)
+# reconciler makes kube-apiserver exit with "cannot use public IP 127.0.0.1 with endpoint
+# reconciler: ... may not be in the loopback range". The only effect is that the `kubernetes`
+# Service in `default` has no Endpoints/EndpointSlice (nothing here dials 10.96.0.1 anyway).
 log "starting kube-apiserver $KUBERNETES_VERSION on 127.0.0.1:$APISERVER_PORT"
 start kube-apiserver "$BIN/kube-apiserver" \
   --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
@@ -272,6 +277,7 @@ start kube-controller-manager "$BIN/kube-controller-manager" \
   --cluster-signing-key-file="$PKI/ca.key" \
   --service-cluster-ip-range="$SERVICE_CIDR" \
   --allocate-node-cidrs=false \
+  --flex-volume-plugin-dir="$STATE/controller-manager/flexvolume" \
   --controllers='*' \
   --leader-elect=false \
   --profiling=false
@@ -326,7 +332,7 @@ wait_for kube-controller-manager 60 "$KUBECTL" -n default get serviceaccount def
 
 UP_OK=1
 trap - INT TERM
-printf 'export KUBECONFIG=%s\n' "$STATE/kubeconfig" >"$STATE/env"
+printf 'export KUBECONFIG=%q\nexport PATH=%q:"$PATH"\n' "$STATE/kubeconfig" "$BIN" >"$STATE/env"
 log "control plane up in $((SECONDS - T0))s (state: $STATE, logs: $STATE/logs/)"
-echo
+echo "# kubectl, helm, etcdctl: $BIN   (or: source $STATE/env)"
 echo "export KUBECONFIG=$STATE/kubeconfig"

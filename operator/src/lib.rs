@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod crd;
+pub mod status;
 pub mod validate;
 pub mod workload;
 

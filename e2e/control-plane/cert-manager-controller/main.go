@@ -58,9 +58,18 @@ import (
 	_ "github.com/cert-manager/cert-manager/pkg/controller/certificatesigningrequests/venafi"
 	_ "github.com/cert-manager/cert-manager/pkg/controller/clusterissuers"
 	_ "github.com/cert-manager/cert-manager/pkg/controller/issuers"
+
+	// Each of these registers an issuer implementation with issuer.RegisterIssuer in init();
+	// without them every Issuer stays "not registered" and is never marked Ready.
+	_ "github.com/cert-manager/cert-manager/pkg/issuer/acme"
+	_ "github.com/cert-manager/cert-manager/pkg/issuer/ca"
+	_ "github.com/cert-manager/cert-manager/pkg/issuer/selfsigned"
+	_ "github.com/cert-manager/cert-manager/pkg/issuer/vault"
+	_ "github.com/cert-manager/cert-manager/pkg/issuer/venafi"
 )
 
-// version is set with -ldflags "-X main.version=..." by build.sh.
+// version is set with -ldflags "-X main.version=..." by build.sh (which also sets
+// cert-manager's own pkg/util.AppVersion, used in its User-Agent).
 var version = "unknown"
 
 // Controllers that need API groups a plain control plane does not have (Gateway API),
