@@ -5,6 +5,9 @@
 //! reading them there. Defaults live in the schema (so `kubectl get -o yaml` shows what is in
 //! force); rules a plain schema cannot say are CEL rules checked by the apiserver.
 
+// Each `printcolumn(...)` repeats `type_ = ...`; clippy reads the repeats as duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{PodTemplateSpec, ResourceRequirements};

@@ -9,11 +9,17 @@
 //! 4. [`status`]: compute and write the status and the Events a person should see.
 //!
 //! [`crd`] holds the resource's types; their doc comments are what `kubectl explain` shows.
+//! [`reports`] reads the sidecars' `/status`; [`metrics`] exports the operator's figures;
+//! [`leader`] keeps a second replica idle until the first one is gone.
 
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 pub mod crd;
+pub mod leader;
+pub mod metrics;
+pub mod reconcile;
+pub mod reports;
 pub mod status;
 pub mod validate;
 pub mod workload;
