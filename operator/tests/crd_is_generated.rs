@@ -25,6 +25,14 @@ fn crds_directory_matches_the_types() {
 }
 
 #[test]
+fn the_helm_chart_ships_the_same_crd() {
+    assert!(
+        committed("charts/ballast/crds/presencecluster.yaml") == generated(),
+        "charts/ballast/crds/presencecluster.yaml is stale: copy crds/presencecluster.yaml there"
+    );
+}
+
+#[test]
 fn the_crd_says_what_kubectl_shows() {
     let crd = generated();
     for needle in [
