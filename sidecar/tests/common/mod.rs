@@ -254,6 +254,34 @@ impl Drop for Sidecar {
     }
 }
 
+/// One gateway "pod": a fresh certificate in a kubelet-style Secret volume, the sample
+/// gateway, and a real sidecar in front of it. Keep the volume and gateway bound for the
+/// test's length: dropping them removes the files and stops the gateway.
+pub struct TestPod {
+    pub pki: Pki,
+    pub cert: IssuedCert,
+    pub volume: SecretVolume,
+    pub gateway: Gateway,
+    pub sidecar: Sidecar,
+}
+
+impl TestPod {
+    pub async fn start(sidecar_args: &[&str]) -> Self {
+        let pki = Pki::new();
+        let cert = pki.issue();
+        let volume = SecretVolume::new(&cert.cert_pem, &cert.key_pem);
+        let gateway = Gateway::start("pod-0").await;
+        let sidecar = Sidecar::start(&volume, gateway.addr, sidecar_args);
+        Self {
+            pki,
+            cert,
+            volume,
+            gateway,
+            sidecar,
+        }
+    }
+}
+
 /// A minimal HTTP/1.1 client for the admin API (one request per connection).
 pub fn http(
     addr: SocketAddr,
