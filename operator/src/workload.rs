@@ -10,9 +10,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Service, ServicePort, ServiceSpec as CoreServiceSpec, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
+    LifecycleHandler, ObjectFieldSelector, PodSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec as CoreServiceSpec,
+    SleepAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -32,6 +33,8 @@ pub const TLS_MOUNT: &str = "/etc/ballast/tls";
 pub const CLUSTER_LABEL: &str = "ballast.dev/presencecluster";
 /// Extra time beyond the drain window before the kubelet kills a terminating pod.
 const GRACE_MARGIN_SECONDS: i64 = 30;
+/// How long the gateway outlives the drain window, for the last closes to complete.
+const GATEWAY_STOP_MARGIN_SECONDS: i64 = 5;
 
 /// How pods reach each other's addresses; a property of the cluster, not of one resource.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -110,6 +113,14 @@ fn statefulset(prc: &PresenceCluster, name: &str, env: &Environment) -> Stateful
         .get_or_insert_with(BTreeMap::new)
         .extend(common_labels(name));
     let pod = template.spec.get_or_insert_with(PodSpec::default);
+    let drain_seconds = spec.migration.drain_timeout_seconds();
+    let gateway = match &spec.gateway.container {
+        Some(name) => pod.containers.iter_mut().find(|c| &c.name == name),
+        None => pod.containers.first_mut(),
+    };
+    if let Some(gateway) = gateway {
+        outlive_the_drain(gateway, drain_seconds);
+    }
     pod.containers.push(sidecar_container(prc, env));
     pod.volumes.get_or_insert_with(Vec::new).push(Volume {
         name: TLS_VOLUME.into(),
@@ -121,7 +132,7 @@ fn statefulset(prc: &PresenceCluster, name: &str, env: &Environment) -> Stateful
         ..Volume::default()
     });
     // The kubelet must wait for the whole drain before killing anything.
-    let needed = spec.migration.drain_timeout_seconds() + GRACE_MARGIN_SECONDS;
+    let needed = drain_seconds + GRACE_MARGIN_SECONDS;
     pod.termination_grace_period_seconds = Some(
         pod.termination_grace_period_seconds
             .unwrap_or(0)
@@ -147,6 +158,21 @@ fn statefulset(prc: &PresenceCluster, name: &str, env: &Environment) -> Stateful
             ..StatefulSetSpec::default()
         },
         status: None,
+    }
+}
+
+/// Kubernetes signals every container of a terminating pod at once, but the gateway must keep
+/// serving while the sidecar drains its agents onto other pods. Unless the user set their own
+/// preStop hook, the gateway's SIGTERM is delayed until the drain window has passed.
+fn outlive_the_drain(gateway: &mut Container, drain_seconds: i64) {
+    let lifecycle = gateway.lifecycle.get_or_insert_with(Lifecycle::default);
+    if lifecycle.pre_stop.is_none() {
+        lifecycle.pre_stop = Some(LifecycleHandler {
+            sleep: Some(SleepAction {
+                seconds: drain_seconds + GATEWAY_STOP_MARGIN_SECONDS,
+            }),
+            ..LifecycleHandler::default()
+        });
     }
 }
 
@@ -396,6 +422,43 @@ mod tests {
         assert_eq!(
             volume.secret.as_ref().unwrap().secret_name.as_deref(),
             Some("agents-tls")
+        );
+    }
+
+    #[test]
+    fn the_gateway_outlives_the_drain_unless_it_has_its_own_pre_stop() {
+        let w = build(&example(), &Environment::default());
+        let gateway = &w.statefulset.spec.template.spec.unwrap().containers[0];
+        let sleep = gateway
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .pre_stop
+            .as_ref()
+            .unwrap();
+        assert_eq!(sleep.sleep.as_ref().unwrap().seconds, 605);
+
+        let mut prc = example();
+        prc.spec.template.spec.as_mut().unwrap().containers[0].lifecycle = Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction { seconds: 1 }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        });
+        let w = build(&prc, &Environment::default());
+        let gateway = &w.statefulset.spec.template.spec.unwrap().containers[0];
+        let own = gateway
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .pre_stop
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            own.sleep.as_ref().unwrap().seconds,
+            1,
+            "the user's hook is kept"
         );
     }
 

@@ -1,0 +1,30 @@
+//! Ballast's e2e kit: a process kubelet and Service resolution for a real control plane.
+//!
+//! There is no container runtime on this machine, so [`kubelet`] plays the kubelet for one
+//! Node: pods the real kube-scheduler binds to it run as local processes, each on its own
+//! loopback address, with real volumes, probes, restarts and graceful deletion, and an honest
+//! `pods/status`. [`endpoints`] picks where e2e clients (the agent fleet) connect, the way
+//! kube-proxy would.
+//!
+//! Modules, each owning one thing: [`images`] (image → binary table), [`env`] (environment
+//! and `$(VAR)` expansion), [`objects`] (Secret/ConfigMap/downward-API reads), [`volumes`]
+//! (atomic-writer volumes), [`processes`] (spawn/signal by PID in a private mount namespace),
+//! [`probes`], [`pods`] (one pod's lifecycle and status), [`podips`], [`node`] (Node, Lease,
+//! heartbeat), [`kubelet`] (the watch loop), [`endpoints`].
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod endpoints;
+pub mod env;
+pub mod error;
+pub mod images;
+pub mod kubelet;
+pub mod node;
+pub mod objects;
+pub mod podips;
+pub mod pods;
+pub mod probes;
+pub mod processes;
+pub mod volumes;
+
+pub use error::{Error, Result};

@@ -1,0 +1,117 @@
+//! `ballast-e2e`: the process kubelet as a command.
+//!
+//! ```text
+//! ballast-e2e kubelet --kubeconfig PATH --node NAME --state-dir DIR
+//!                     [--images FILE] [--bin-dir DIR] [--pod-subnet 127.1.0.0/16]
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ballast_e2e::images::ImageTable;
+use ballast_e2e::kubelet::{self, KubeletConfig};
+use clap::{Parser, Subcommand};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+#[derive(Parser)]
+#[command(name = "ballast-e2e", about = "Ballast e2e tools: the process kubelet")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Register a Node and run the pods bound to it as local processes.
+    Kubelet {
+        /// Kubeconfig with the credentials the kubelet uses (e.g. <state>/kubeconfig).
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: PathBuf,
+        /// Node name to register.
+        #[arg(long, default_value = "ballast-e2e-node")]
+        node: String,
+        /// Pod volumes and logs go under <state-dir>/pods/.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// YAML map `image-repository: binary-name` added to the built-in table.
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// Where the binaries are (default: the directory of this executable,
+        /// i.e. target/<profile>/).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Pod IPs come from this 127.N.0.0/16.
+        #[arg(long, default_value = "127.1.0.0/16")]
+        pod_subnet: String,
+        /// Seconds pod processes get between SIGTERM and SIGKILL when the kubelet stops.
+        #[arg(long, default_value_t = 5)]
+        shutdown_grace_seconds: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BALLAST_LOG")
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Kubelet {
+            kubeconfig,
+            node,
+            state_dir,
+            images,
+            bin_dir,
+            pod_subnet,
+            shutdown_grace_seconds,
+        } => {
+            let kc = Kubeconfig::read_from(&kubeconfig)
+                .with_context(|| format!("reading {}", kubeconfig.display()))?;
+            let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .context("loading kubeconfig")?;
+            let apiserver_port = kubelet::loopback_apiserver_port(&config)?;
+            let client = kube::Client::try_from(config).context("building client")?;
+            let bin_dir = match bin_dir {
+                Some(d) => d,
+                None => std::env::current_exe()?
+                    .parent()
+                    .context("executable has no parent dir")?
+                    .to_path_buf(),
+            };
+            let mut table = ImageTable::new(bin_dir);
+            if let Some(f) = images {
+                table.extend_from_yaml_file(&f)?;
+            }
+            for (image, binary) in table.entries() {
+                tracing::info!(%image, %binary, "image table");
+            }
+            let config = KubeletConfig {
+                node_name: node,
+                state_dir,
+                images: table,
+                apiserver_port,
+                pod_subnet,
+                shutdown_grace: Duration::from_secs(shutdown_grace_seconds),
+            };
+            kubelet::run(client, config, shutdown_signal()).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+    }
+}

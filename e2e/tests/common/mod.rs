@@ -1,0 +1,432 @@
+//! The e2e harness shared by the suites: build what is missing, bring up a real control plane
+//! on fresh ports and a fresh state dir, start the process kubelet, wait for the Node — and
+//! tear all of it down in Drop, even when a test fails.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::ListParams;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+pub fn elapsed() -> f64 {
+    START.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+
+#[allow(unused_macros)]
+macro_rules! step {
+    ($($arg:tt)*) => {
+        eprintln!("[e2e {:>6.1}s] {}", elapsed(), format!($($arg)*))
+    };
+}
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn newest_mtime(path: &Path) -> std::time::SystemTime {
+    let meta = std::fs::metadata(path).unwrap();
+    let own = meta.modified().unwrap();
+    if !meta.is_dir() {
+        return own;
+    }
+    std::fs::read_dir(path)
+        .unwrap()
+        .map(|e| newest_mtime(&e.unwrap().path()))
+        .fold(own, std::cmp::max)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The control plane of this test; `down.sh` runs on drop.
+pub struct Cluster {
+    pub dir: PathBuf,
+}
+
+impl Cluster {
+    pub fn down(&self) -> bool {
+        if !self.dir.exists() {
+            return true;
+        }
+        step!("down.sh");
+        Command::new(workspace().join("e2e/control-plane/down.sh"))
+            .env("BALLAST_E2E_DIR", &self.dir)
+            .env("BALLAST_GRACE_SECONDS", "5")
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// The kubelet process; SIGTERM (then SIGKILL) on drop.
+pub struct Kubelet {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Kubelet {
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            if let Ok(log) = std::fs::read_to_string(&self.log) {
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("----- last kubelet log lines ({}):", self.log.display());
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match f().await {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// GET http://addr/path → (status, body), loopback only.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    assert!(addr.ip().is_loopback());
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf))
+        .await
+        .map_err(|_| "read timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or("bad response")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+pub async fn sidecar_sha256(pod_ip: &str) -> Result<String, String> {
+    let (code, body) = http_get(format!("{pod_ip}:9901").parse().unwrap(), "/status").await?;
+    if code != 200 {
+        return Err(format!("/status answered {code}"));
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+    v["certificate"]["sha256"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("no certificate.sha256 in {body}"))
+}
+
+pub fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Container name → PID, from the kubelet's `process://PID` container IDs.
+pub fn pids(p: &Pod) -> BTreeMap<String, u32> {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        .filter_map(|c| {
+            let pid = c
+                .container_id
+                .as_deref()?
+                .strip_prefix("process://")?
+                .parse()
+                .ok()?;
+            Some((c.name.clone(), pid))
+        })
+        .collect()
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+pub async fn ready_pods(pods: &Api<Pod>, n: usize) -> Result<Vec<Pod>, String> {
+    let list = pods
+        .list(&ListParams::default().labels("app=gateway"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let ready: Vec<Pod> = list
+        .items
+        .iter()
+        .filter(|p| pod_ready(p) && p.metadata.deletion_timestamp.is_none())
+        .cloned()
+        .collect();
+    if ready.len() == n {
+        return Ok(ready);
+    }
+    let states: Vec<String> = list
+        .items
+        .iter()
+        .map(|p| {
+            let s = p.status.clone().unwrap_or_default();
+            format!(
+                "{} phase={:?} containers={:?}",
+                p.metadata.name.clone().unwrap_or_default(),
+                s.phase,
+                s.container_statuses
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|c| (c.name.clone(), c.ready, c.state.clone()))
+                    .collect::<Vec<_>>()
+            )
+        })
+        .collect();
+    Err(format!("{} of {n} pods Ready: {states:#?}", ready.len()))
+}
+
+/// A running local cluster: control plane, kubelet, admin client. Fields drop in order:
+/// the kubelet (stopping every pod process) before the control plane.
+pub struct LocalCluster {
+    pub kubelet: Kubelet,
+    pub cluster: Cluster,
+    pub client: Client,
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    /// Where this workspace's binaries are (the kubelet's image table points here).
+    pub bin_dir: PathBuf,
+    /// Where kubectl and helm are.
+    pub tools: PathBuf,
+}
+
+/// Brings a cluster up for the test `tag`; `pod_binaries` are the workspace packages whose
+/// binaries pods will run (built here if missing or stale).
+pub async fn start(tag: &str, pod_binaries: &[&str]) -> LocalCluster {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    elapsed();
+    let ws = workspace();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+
+    // ---------------------------------------------------------------- binaries
+    let t = Instant::now();
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_ballast-e2e"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    // `cargo test --workspace` (CI) has built them already; a lone `cargo test -p ballast-e2e`
+    // builds them here when missing or older than their sources.
+    let sources_mtime = ["sidecar/src", "fleet/src", "operator/src", "Cargo.lock"]
+        .iter()
+        .map(|p| newest_mtime(&ws.join(p)))
+        .max()
+        .unwrap();
+    let stale = pod_binaries.iter().any(|b| {
+        std::fs::metadata(bin_dir.join(b))
+            .and_then(|m| m.modified())
+            .map_or(true, |t| t < sources_mtime)
+    });
+    if stale {
+        step!("building {pod_binaries:?} (missing or older than their sources)");
+        let built = Command::new(&cargo)
+            .arg("build")
+            .args(pod_binaries.iter().flat_map(|b| ["-p", b]))
+            .arg("--bins")
+            .current_dir(&ws)
+            .status()
+            .expect("running cargo build");
+        assert!(built.success(), "cargo build of the pod binaries failed");
+    }
+    for b in pod_binaries {
+        assert!(
+            bin_dir.join(b).is_file(),
+            "{b} not in {}",
+            bin_dir.display()
+        );
+    }
+    step!("pod binaries ready in {:.1}s", t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    step!("control-plane build.sh (cached after the first run)");
+    let built = Command::new(ws.join("e2e/control-plane/build.sh"))
+        .stdout(Stdio::null())
+        .status()
+        .expect("running build.sh");
+    assert!(built.success(), "e2e/control-plane/build.sh failed");
+    step!(
+        "control-plane binaries ready in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // ---------------------------------------------------------------- control plane
+    let dir = std::env::temp_dir().join(format!("ballast-e2e-{tag}-{}", std::process::id()));
+    let cluster = Cluster { dir: dir.clone() };
+    let apiserver_port = free_port();
+    let t = Instant::now();
+    step!(
+        "up.sh (state {}, apiserver 127.0.0.1:{apiserver_port})",
+        dir.display()
+    );
+    let up = Command::new(ws.join("e2e/control-plane/up.sh"))
+        .env("BALLAST_E2E_DIR", &dir)
+        .env("BALLAST_APISERVER_PORT", apiserver_port.to_string())
+        .env("BALLAST_ETCD_CLIENT_PORT", free_port().to_string())
+        .env("BALLAST_ETCD_PEER_PORT", free_port().to_string())
+        .env("BALLAST_KCM_PORT", free_port().to_string())
+        .env("BALLAST_SCHEDULER_PORT", free_port().to_string())
+        .stdout(Stdio::null())
+        .status()
+        .expect("running up.sh");
+    assert!(up.success(), "up.sh failed");
+    let t_up = t.elapsed().as_secs_f64();
+    step!("control plane up in {t_up:.1}s");
+
+    let kubeconfig = dir.join("kubeconfig");
+    let kc = Kubeconfig::read_from(&kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    let client = Client::try_from(config).unwrap();
+
+    // ---------------------------------------------------------------- kubelet
+    let node_name = format!("{tag}-node");
+    let kubelet_state = dir.join("kubelet");
+    std::fs::create_dir_all(&kubelet_state).unwrap();
+    let subnet = format!("127.{}.0.0/16", 100 + std::process::id() % 100);
+    let log = dir.join("logs/kubelet.log");
+    let t = Instant::now();
+    let kubelet = Kubelet {
+        child: Command::new(env!("CARGO_BIN_EXE_ballast-e2e"))
+            .args(["kubelet", "--node", &node_name, "--pod-subnet", &subnet])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--state-dir")
+            .arg(&kubelet_state)
+            .arg("--bin-dir")
+            .arg(&bin_dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting the kubelet"),
+        log,
+    };
+    step!(
+        "kubelet started (pid {}, pods on {subnet})",
+        kubelet.child.id()
+    );
+    let nodes: Api<Node> = Api::all(client.clone());
+    eventually("Node Ready", Duration::from_secs(30), || async {
+        let n = nodes.get(&node_name).await.map_err(|e| e.to_string())?;
+        let s = n.status.unwrap_or_default();
+        let ready = s
+            .conditions
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let taints = n.spec.and_then(|s| s.taints).unwrap_or_default();
+        if ready && taints.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("ready={ready} taints={taints:?}"))
+        }
+    })
+    .await;
+    step!("node Ready in {:.1}s", t.elapsed().as_secs_f64());
+
+    let tools = PathBuf::from(
+        String::from_utf8(
+            Command::new(ws.join("e2e/control-plane/build.sh"))
+                .arg("--print-bin-dir")
+                .output()
+                .expect("build.sh --print-bin-dir")
+                .stdout,
+        )
+        .unwrap()
+        .trim(),
+    );
+    LocalCluster {
+        kubelet,
+        cluster,
+        client,
+        dir,
+        kubeconfig,
+        bin_dir,
+        tools,
+    }
+}
+
+impl LocalCluster {
+    /// Runs kubectl or helm (`tool`) against this cluster; returns (success, stdout+stderr).
+    pub fn run(&self, tool: &str, args: &[&str]) -> (bool, String) {
+        let out = Command::new(self.tools.join(tool))
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()
+            .unwrap_or_else(|e| panic!("running {tool}: {e}"));
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+}
