@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Imbalance", type_ = "number", json_path = ".status.imbalance"),
     printcolumn(
         name = "Cert-Expiry",
-        type_ = "date",
+        type_ = "string",
         json_path = ".status.certificate.notAfter"
     ),
     printcolumn(
