@@ -1,8 +1,11 @@
 # Everyday commands. `make demo` and `make test` are the two on the README's first screen.
-.PHONY: demo test lint fmt build bench tools
+.PHONY: demo local-demo test lint fmt build bench tools
 
-demo:            ## the system working, locally
+demo:            ## the system on a local Kubernetes control plane
 	scripts/demo.sh
+
+local-demo:      ## sidecars and agents only, no cluster
+	scripts/local-demo.sh
 
 test: tools lint ## everything CI runs
 	cargo test --workspace --all-targets

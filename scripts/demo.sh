@@ -1,96 +1,90 @@
 #!/usr/bin/env bash
-# The local demo: two gateway "pods" (sample gateway + ballast-sidecar each, on their own
-# loopback address), an agent fleet across both, then the two events from INCIDENT.md:
-# a certificate renewal (written the way the kubelet updates a mounted Secret) and a planned
-# restart of one pod (SIGTERM: lame duck, paced drain). It ends with the fleet's verdict.
+# The main job: Ballast on a real Kubernetes control plane, on this machine.
 #
-# Usage: scripts/demo.sh [AGENTS]   (default 2000; BALLAST_DEMO_SECONDS sets the length, default 40)
+#  1. builds the workspace and (cached after the first run) the control plane from the Go
+#     module proxy — kube-apiserver, controller-manager, scheduler, etcd, helm, cert-manager;
+#  2. starts it with the process kubelet (pods run as local processes, see e2e/README.md);
+#  3. installs the operator with helm, applies examples/ (cert-manager CA + Certificate +
+#     PresenceCluster), waits for the gateways;
+#  4. connects AGENTS TLS agents through the Service and shows connections per pod live;
+#  5. renews the certificate through cert-manager halfway — agents stay connected;
+#  6. stops and cleans up everything it started (also on Ctrl-C or failure).
+#
+# Usage: scripts/demo.sh [AGENTS]   (default 1000; BALLAST_DEMO_SECONDS sets the agents' run, default 60)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-AGENTS=${1:-2000}
-SECONDS_TOTAL=${BALLAST_DEMO_SECONDS:-40}
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/ballast-demo.XXXXXX")
-PIDS=()
+ROOT=$PWD
+AGENTS=${1:-1000}
+RUN_SECONDS=${BALLAST_DEMO_SECONDS:-60}
+export BALLAST_E2E_DIR=${BALLAST_E2E_DIR:-${TMPDIR:-/tmp}/ballast-demo}
+say() { printf '\033[1m[demo %s]\033[0m %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+KUBELET_PID=""; FLEET_PID=""
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
+  set +e
+  [ -n "$FLEET_PID" ] && kill "$FLEET_PID" 2>/dev/null && wait "$FLEET_PID" 2>/dev/null
+  if [ -n "$KUBELET_PID" ]; then
+    say "stopping the kubelet (its pods' processes end with it)…"
+    kill -TERM "$KUBELET_PID" 2>/dev/null; wait "$KUBELET_PID" 2>/dev/null
+  fi
+  [ -f "$BALLAST_E2E_DIR/pids" ] && say "stopping the control plane…" && e2e/control-plane/down.sh >/dev/null
+  say "cleaned up"
 }
 trap cleanup EXIT
-say() { printf '\033[1m[demo %s]\033[0m %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-say "building release binaries (first run compiles dependencies: a few minutes)…"
-cargo build --release -q -p ballast-sidecar -p ballast-fleet
-BIN=target/release
+scripts/ensure-tools.sh
+say "building ballast (sidecar, fleet, operator, e2e kubelet); the first build takes a few minutes…"
+cargo build -q -p ballast-sidecar -p ballast-fleet -p ballast-operator -p ballast-e2e
+BIN=$ROOT/target/debug
+say "control-plane binaries (built from the Go module proxy on first use, then cached)…"
+e2e/control-plane/build.sh
+TOOLS=$(e2e/control-plane/build.sh --print-bin-dir)
+export PATH="$TOOLS:$PATH"
 
-# A Secret volume, kubelet layout: tls.crt -> ..data/tls.crt, ..data -> ..<version>.
-secret_update() { # $1 = directory with tls.crt/tls.key to publish
-  local v="..$(date +%Y_%m_%d_%H_%M_%S).$RANDOM"
-  mkdir -p "$WORK/secret/$v"; cp "$1/tls.crt" "$1/tls.key" "$WORK/secret/$v/"
-  ln -sfn "$v" "$WORK/secret/..data_tmp"; mv -T "$WORK/secret/..data_tmp" "$WORK/secret/..data"
-}
-"$BIN/ballast-fleet" certs --out "$WORK/pki-1" 2>/dev/null
-mkdir -p "$WORK/secret"; secret_update "$WORK/pki-1"
-ln -s ..data/tls.crt "$WORK/secret/tls.crt"; ln -s ..data/tls.key "$WORK/secret/tls.key"
+say "starting the control plane in $BALLAST_E2E_DIR…"
+e2e/control-plane/up.sh
+export KUBECONFIG=$BALLAST_E2E_DIR/kubeconfig
+mkdir -p "$BALLAST_E2E_DIR/kubelet"
+"$BIN/ballast-e2e" kubelet --kubeconfig "$KUBECONFIG" --node demo-node \
+  --state-dir "$BALLAST_E2E_DIR/kubelet" --bin-dir "$BIN" 2>"$BALLAST_E2E_DIR/kubelet.log" &
+KUBELET_PID=$!
+kubectl wait --for=condition=Ready node/demo-node --timeout=60s >/dev/null
 
-start_pod() { # $1 = pod index
-  local ip="127.0.10.$(( $1 + 1 ))"
-  "$BIN/ballast-fleet" gateway --listen "$ip:8080" --name "pod-$1" 2>"$WORK/gateway-$1.log" &
-  PIDS+=($!)
-  GATEWAY_PID[$1]=$!
-  "$BIN/ballast-sidecar" --listen "$ip:8443" --upstream "$ip:8080" --admin "$ip:9901" \
-    --cert "$WORK/secret/tls.crt" --key "$WORK/secret/tls.key" --shutdown-drain 10s \
-    2>"$WORK/sidecar-$1.log" &
-  PIDS+=($!)
-  SIDECAR_PID[$1]=$!
-  for _ in $(seq 100); do curl -sf "http://$ip:9901/readyz" >/dev/null 2>&1 && return; sleep 0.1; done
-  echo "pod-$1 did not become ready; its log:" >&2; cat "$WORK/sidecar-$1.log" >&2; exit 1
-}
-declare -a SIDECAR_PID GATEWAY_PID
-start_pod 0; start_pod 1
-say "2 pods ready (127.0.10.1 and 127.0.10.2). Starting $AGENTS agents for ${SECONDS_TOTAL}s…"
+say "helm install ballast (operator under its own ServiceAccount and least-privilege RBAC)…"
+helm install ballast charts/ballast -n ballast-system --create-namespace \
+  --set bindPodIP=true --set resync=2s --wait --timeout 120s >/dev/null
+kubectl -n ballast-system get deploy ballast
 
-"$BIN/ballast-fleet" agents --target 127.0.10.1:8443,127.0.10.2:8443 --agents "$AGENTS" \
-  --ramp 5s --heartbeat 1s --offline-threshold 60s --duration "${SECONDS_TOTAL}s" \
-  --ca "$WORK/pki-1/ca.crt" >"$WORK/summary.json" &
-FLEET=$!; PIDS+=($FLEET)
+say "kubectl apply -f examples/ (cert-manager CA, Certificate agents-tls, PresenceCluster edge)…"
+kubectl apply -f examples/namespace.yaml -f examples/issuer.yaml -f examples/certificate.yaml >/dev/null
+kubectl -n presence wait --for=condition=Ready certificate/agents-tls --timeout=60s >/dev/null
+kubectl apply -f examples/presencecluster.yaml >/dev/null
+kubectl -n presence wait --for=condition=Ready prc/edge --timeout=120s >/dev/null
+kubectl -n presence get prc,pods -o wide
 
-sleep 10
-say "certificate renewal: publishing a new tls.crt/tls.key the kubelet way (atomic ..data swap)"
-# Re-issued under the same CA, as cert-manager renews: agents keep their trust anchor.
-"$BIN/ballast-fleet" certs --out "$WORK/pki-3" --ca-dir "$WORK/pki-1" 2>/dev/null
-secret_update "$WORK/pki-3"
-sleep 2
-show_pods() {
-  for i in "$@"; do
-    curl -s "http://127.0.10.$((i+1)):9901/status" | python3 -c '
-import json, sys
-s = json.load(sys.stdin); c = s["certificate"]
-print("  pod-%s: serving sha256 %s… (generation %d), %d connections, %d on the older certificate, last_error=%s"
-      % (sys.argv[1], c["sha256"][:16], c["generation"], s["connections"], c["connections_on_older"], c["last_error"]))' "$i" >&2
-  done
-}
-show_pods 0 1
+TARGETS=$("$BIN/ballast-e2e" endpoints --kubeconfig "$KUBECONFIG" --namespace presence --service edge --port tls)
+kubectl -n presence get secret agents-tls -o jsonpath='{.data.ca\.crt}' | base64 -d > "$BALLAST_E2E_DIR/agents-ca.crt"
+say "$AGENTS agents → Service edge ($TARGETS) for ${RUN_SECONDS}s; the progress line shows connections per pod:"
+"$BIN/ballast-fleet" agents --target "$TARGETS" --agents "$AGENTS" --ramp 5s --heartbeat 1s \
+  --offline-threshold 60s --duration "${RUN_SECONDS}s" --ca "$BALLAST_E2E_DIR/agents-ca.crt" \
+  >"$BALLAST_E2E_DIR/summary.json" &
+FLEET_PID=$!
 
-sleep 8
-say "planned restart of pod-0: SIGTERM → readiness fails, connections drained over 10s, exit 0"
-kill -TERM "${SIDECAR_PID[0]}"
-wait "${SIDECAR_PID[0]}" && say "pod-0 sidecar exited 0 after draining" || say "pod-0 sidecar exit code $?"
-# Without a Service in front (no cluster here), agents still pick the stopped pod at random and
-# back off until it returns; in Kubernetes its endpoint is removed when readiness fails.
-kill "${GATEWAY_PID[0]}"; wait "${GATEWAY_PID[0]}" 2>/dev/null || true
-say "pod-0 restarted (new sidecar + gateway); it starts empty — rebalancing it is the operator's job"
-start_pod 0
+sleep $(( RUN_SECONDS / 3 ))
+kubectl -n presence get prc edge
+say "certificate renewal through cert-manager (new private key): sidecars hot-reload, nobody is dropped…"
+kubectl -n presence patch certificate agents-tls --type merge \
+  -p '{"spec":{"dnsNames":["localhost","presence.example.com","renewed.example.com"]}}' >/dev/null
+sleep $(( RUN_SECONDS / 3 ))
+kubectl -n presence get prc edge
+kubectl -n presence get prc edge -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}){"\n"}{end}'
 
-wait "$FLEET" || true
-say "fleet summary (false_offline is the figure INCIDENT.md was about):"
-python3 - "$WORK/summary.json" <<'PY'
+wait "$FLEET_PID" || true; FLEET_PID=""
+say "fleet summary:"
+python3 - "$BALLAST_E2E_DIR/summary.json" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
-keys = ["agents", "connected_at_end", "disconnects", "graceful_closes", "abrupt_closes",
-        "reconnects", "false_offline", "longest_gap_seconds", "handshake_failures"]
-for k in keys:
+for k in ["agents", "connected_at_end", "disconnects", "graceful_closes", "abrupt_closes",
+          "false_offline", "longest_gap_seconds", "handshake_failures", "server_cert_sha256"]:
     print(f"  {k:22} {s[k]}")
 print(f"  {'heartbeat_rtt_ms p99':22} {s['heartbeat_rtt_ms']['p99']}")
-print(f"  {'distribution at end':22} {s['distribution'][-1]['per_target'] if s['distribution'] else {}}")
 PY

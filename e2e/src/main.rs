@@ -3,6 +3,7 @@
 //! ```text
 //! ballast-e2e kubelet --kubeconfig PATH --node NAME --state-dir DIR
 //!                     [--images FILE] [--bin-dir DIR] [--pod-subnet 127.1.0.0/16]
+//! ballast-e2e endpoints --namespace NS --service NAME [--port PORT-NAME]
 //! ```
 
 use std::path::PathBuf;
@@ -15,7 +16,10 @@ use clap::{Parser, Subcommand};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 #[derive(Parser)]
-#[command(name = "ballast-e2e", about = "Ballast e2e tools: the process kubelet")]
+#[command(
+    name = "ballast-e2e",
+    about = "Ballast e2e tools: the process kubelet and Service resolution"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -48,6 +52,19 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         shutdown_grace_seconds: u64,
     },
+    /// Print a Service's ready endpoints as `ip:port,ip:port` (what `ballast-fleet agents
+    /// --target` takes), resolved the way kube-proxy would.
+    Endpoints {
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: PathBuf,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        service: String,
+        /// The Service port's name (needed when it has several).
+        #[arg(long)]
+        port: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -63,6 +80,19 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Endpoints {
+            kubeconfig,
+            namespace,
+            service,
+            port,
+        } => {
+            let client = client_from(&kubeconfig).await?.1;
+            let targets =
+                ballast_e2e::endpoints::targets(&client, &namespace, &service, port.as_deref())
+                    .await?;
+            let list: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+            println!("{}", list.join(","));
+        }
         Command::Kubelet {
             kubeconfig,
             node,
@@ -72,13 +102,7 @@ async fn main() -> Result<()> {
             pod_subnet,
             shutdown_grace_seconds,
         } => {
-            let kc = Kubeconfig::read_from(&kubeconfig)
-                .with_context(|| format!("reading {}", kubeconfig.display()))?;
-            let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                .await
-                .context("loading kubeconfig")?;
-            let apiserver_port = kubelet::loopback_apiserver_port(&config)?;
-            let client = kube::Client::try_from(config).context("building client")?;
+            let (apiserver_port, client) = client_from(&kubeconfig).await?;
             let bin_dir = match bin_dir {
                 Some(d) => d,
                 None => std::env::current_exe()?
@@ -105,6 +129,18 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A client from a kubeconfig file, and the loopback port of its apiserver.
+async fn client_from(kubeconfig: &std::path::Path) -> Result<(u16, kube::Client)> {
+    let kc = Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .context("loading kubeconfig")?;
+    let apiserver_port = kubelet::loopback_apiserver_port(&config)?;
+    let client = kube::Client::try_from(config).context("building client")?;
+    Ok((apiserver_port, client))
 }
 
 async fn shutdown_signal() {
