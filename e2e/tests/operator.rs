@@ -80,6 +80,8 @@ async fn operator_end_to_end() {
 
     // ------------------------------------------------------------ helm install
     let chart = workspace().join("charts/ballast");
+    let (ok, out) = lc.run("helm", &["lint", chart.to_str().unwrap()]);
+    assert!(ok && out.contains("0 chart(s) failed"), "helm lint:\n{out}");
     let (ok, out) = lc.run(
         "helm",
         &[
@@ -91,6 +93,8 @@ async fn operator_end_to_end() {
             "--create-namespace",
             "--set",
             "bindPodIP=true",
+            "--set",
+            "replicas=2",
             "--set",
             "resync=2s",
             "--set",
@@ -108,22 +112,20 @@ async fn operator_end_to_end() {
         .await
         .unwrap()
         .items;
-    assert_eq!(operator.len(), 1);
-    assert!(pod_ready(&operator[0]));
-    assert_eq!(
-        operator[0]
-            .spec
-            .as_ref()
-            .unwrap()
-            .service_account_name
-            .as_deref(),
-        Some("ballast"),
-        "the operator runs under its chart's ServiceAccount"
-    );
-    assert!(
-        pids(&operator[0]).values().all(|pid| pid_alive(*pid)),
-        "the operator pod's process is running"
-    );
+    assert_eq!(operator.len(), 2, "two replicas, one leader");
+    for pod in &operator {
+        assert!(pod_ready(pod));
+        let account = pod.spec.as_ref().unwrap().service_account_name.as_deref();
+        assert_eq!(
+            account,
+            Some("ballast"),
+            "runs under the chart's ServiceAccount"
+        );
+        assert!(
+            pids(pod).values().all(|pid| pid_alive(*pid)),
+            "the operator pod's process is running"
+        );
+    }
 
     // ------------------------------------------------------------ the examples
     for file in ["namespace.yaml", "issuer.yaml", "certificate.yaml"] {
@@ -152,6 +154,38 @@ async fn operator_end_to_end() {
     assert!(ok, "{out}");
     wait_ready(&lc, "edge", 3, Duration::from_secs(90)).await;
     step!("examples applied: edge Ready with 3 pods");
+
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(lc.client.clone(), OPERATOR_NS);
+    let holder = leases
+        .get("ballast-operator")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    let mut reconciling = Vec::new();
+    for pod in &operator {
+        let ip = pod.status.as_ref().unwrap().pod_ip.clone().unwrap();
+        let (_, metrics) = http_get(format!("{ip}:8080").parse().unwrap(), "/metrics")
+            .await
+            .unwrap();
+        let reconciles: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("ballast_operator_reconciles_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        if reconciles > 0.0 {
+            reconciling.push(pod.metadata.name.clone().unwrap());
+        }
+    }
+    assert_eq!(
+        reconciling,
+        vec![holder.clone()],
+        "only the Lease holder reconciles"
+    );
+    step!("leader election: {holder} holds the Lease and is the only one reconciling");
 
     let sts: Api<StatefulSet> = Api::namespaced(lc.client.clone(), NS);
     let set = sts.get("edge").await.unwrap();
