@@ -22,14 +22,7 @@ HARD_STOP=${HAPROXY_HARD_STOP:-10s}
 ulimit -n "$(ulimit -Hn)"
 FD_LIMIT=$(ulimit -n)
 MAX_AGENTS=$(( FD_LIMIT / 2 - 100 ))
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/ballast-bench.XXXXXX")
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+BALLAST_SCRIPT=bench source scripts/lib.sh
 say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 scripts/ensure-tools.sh --bench
@@ -44,13 +37,7 @@ SOURCES=127.0.21.1,127.0.21.2,127.0.21.3,127.0.21.4
 
 "$BIN/ballast-fleet" certs --out "$WORK/pki" 2>/dev/null
 "$BIN/ballast-fleet" certs --out "$WORK/pki2" --ca-dir "$WORK/pki" 2>/dev/null
-secret_update() { # kubelet-style: new versioned dir, atomic ..data symlink swap
-  local v="..v$(date +%s%N)"
-  mkdir -p "$WORK/secret/$v"; cp "$1/tls.crt" "$1/tls.key" "$WORK/secret/$v/"
-  ln -sfn "$v" "$WORK/secret/..data_tmp"; mv -T "$WORK/secret/..data_tmp" "$WORK/secret/..data"
-}
-mkdir -p "$WORK/secret"; secret_update "$WORK/pki"
-ln -s ..data/tls.crt "$WORK/secret/tls.crt"; ln -s ..data/tls.key "$WORK/secret/tls.key"
+secret_init "$WORK/pki"
 cat "$WORK/pki/tls.crt" "$WORK/pki/tls.key" > "$WORK/haproxy.pem"
 sha_of() { openssl x509 -in "$1" -noout -fingerprint -sha256 | cut -d= -f2 | tr -d : | tr A-F a-f; }
 OLD_SHA=$(sha_of "$WORK/pki/tls.crt"); NEW_SHA=$(sha_of "$WORK/pki2/tls.crt")

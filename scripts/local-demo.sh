@@ -9,29 +9,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 AGENTS=${1:-2000}
 SECONDS_TOTAL=${BALLAST_DEMO_SECONDS:-40}
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/ballast-demo.XXXXXX")
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+BALLAST_SCRIPT=demo source scripts/lib.sh
 say() { printf '\033[1m[demo %s]\033[0m %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 say "building release binaries (first run compiles dependencies: a few minutes)…"
 cargo build --release -q -p ballast-sidecar -p ballast-fleet
 BIN=target/release
 
-# A Secret volume, kubelet layout: tls.crt -> ..data/tls.crt, ..data -> ..<version>.
-secret_update() { # $1 = directory with tls.crt/tls.key to publish
-  local v="..$(date +%Y_%m_%d_%H_%M_%S).$RANDOM"
-  mkdir -p "$WORK/secret/$v"; cp "$1/tls.crt" "$1/tls.key" "$WORK/secret/$v/"
-  ln -sfn "$v" "$WORK/secret/..data_tmp"; mv -T "$WORK/secret/..data_tmp" "$WORK/secret/..data"
-}
 "$BIN/ballast-fleet" certs --out "$WORK/pki-1" 2>/dev/null
-mkdir -p "$WORK/secret"; secret_update "$WORK/pki-1"
-ln -s ..data/tls.crt "$WORK/secret/tls.crt"; ln -s ..data/tls.key "$WORK/secret/tls.key"
+secret_init "$WORK/pki-1"
 
 start_pod() { # $1 = pod index
   local ip="127.0.10.$(( $1 + 1 ))"

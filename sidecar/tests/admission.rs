@@ -12,13 +12,8 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_beyond_max_connections_is_refused_before_any_handshake() {
     let _serial = serial().await;
-    let TestPod {
-        pki,
-        volume: _volume,
-        gateway: _gateway,
-        sidecar,
-        ..
-    } = TestPod::start(&["--max-connections", "5"]).await;
+    let pod = TestPod::start(&["--max-connections", "5"]).await;
+    let TestPod { pki, sidecar, .. } = &pod;
     let fleet = Fleet::start(fleet_config(sidecar.listen, 5, &pki.ca.cert_pem())).unwrap();
     fleet
         .wait_connected(5, Duration::from_secs(20))
@@ -47,13 +42,8 @@ async fn the_connection_beyond_max_connections_is_refused_before_any_handshake()
 async fn a_storm_at_10x_the_handshake_rate_is_admitted_at_that_rate_and_heartbeats_keep_flowing() {
     let _serial = serial().await;
     let rate = 100.0;
-    let TestPod {
-        pki,
-        volume: _volume,
-        gateway: _gateway,
-        sidecar,
-        ..
-    } = TestPod::start(&["--max-handshakes-per-second", "100"]).await;
+    let pod = TestPod::start(&["--max-handshakes-per-second", "100"]).await;
+    let TestPod { pki, sidecar, .. } = &pod;
 
     // Established agents, heartbeating every 100 ms; their round trips are what we protect.
     let mut steady = fleet_config(sidecar.listen, 50, &pki.ca.cert_pem());
@@ -117,13 +107,8 @@ async fn a_storm_at_10x_the_handshake_rate_is_admitted_at_that_rate_and_heartbea
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_and_garbage_clients_are_cut_and_nobody_else_notices() {
     let _serial = serial().await;
-    let TestPod {
-        pki,
-        volume: _volume,
-        gateway: _gateway,
-        sidecar,
-        ..
-    } = TestPod::start(&["--handshake-timeout", "1s"]).await;
+    let pod = TestPod::start(&["--handshake-timeout", "1s"]).await;
+    let TestPod { pki, sidecar, .. } = &pod;
     let fleet = Fleet::start(fleet_config(sidecar.listen, 100, &pki.ca.cert_pem())).unwrap();
     fleet
         .wait_connected(100, Duration::from_secs(20))

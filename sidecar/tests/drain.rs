@@ -10,13 +10,8 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_500_of_1000_over_5_seconds_closes_exactly_500_gracefully_and_evenly() {
     let _serial = serial().await;
-    let TestPod {
-        pki,
-        volume: _volume,
-        gateway: _gateway,
-        sidecar,
-        ..
-    } = TestPod::start(&["--max-handshakes-per-second", "5000"]).await;
+    let pod = TestPod::start(&["--max-handshakes-per-second", "5000"]).await;
+    let TestPod { pki, sidecar, .. } = &pod;
     let fleet = Fleet::start(fleet_config(sidecar.listen, 1000, &pki.ca.cert_pem())).unwrap();
     fleet
         .wait_connected(1000, Duration::from_secs(60))
@@ -86,13 +81,8 @@ async fn drain_500_of_1000_over_5_seconds_closes_exactly_500_gracefully_and_even
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_drain_cancels_and_nothing_more_closes() {
     let _serial = serial().await;
-    let TestPod {
-        pki,
-        volume: _volume,
-        gateway: _gateway,
-        sidecar,
-        ..
-    } = TestPod::start(&[]).await;
+    let pod = TestPod::start(&[]).await;
+    let TestPod { pki, sidecar, .. } = &pod;
     let fleet = Fleet::start(fleet_config(sidecar.listen, 100, &pki.ca.cert_pem())).unwrap();
     fleet
         .wait_connected(100, Duration::from_secs(30))
@@ -153,13 +143,8 @@ async fn drains_require_the_token_when_one_is_configured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_fails_readiness_at_once_drains_over_the_window_and_exits_zero() {
     let _serial = serial().await;
-    let TestPod {
-        pki,
-        volume: _volume,
-        gateway: _gateway,
-        mut sidecar,
-        ..
-    } = TestPod::start(&["--shutdown-drain", "3s"]).await;
+    let mut pod = TestPod::start(&["--shutdown-drain", "3s"]).await;
+    let TestPod { pki, sidecar, .. } = &mut pod;
     let mut config = fleet_config(sidecar.listen, 300, &pki.ca.cert_pem());
     // Nowhere else to go: keep retries slow so the test measures the drain, not the retries.
     config.backoff_base = Duration::from_secs(5);

@@ -12,16 +12,15 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_secret_swap_keeps_1000_agents_and_serves_the_new_certificate() {
     let _serial = serial().await;
-    let pki = Pki::new();
-    let old = pki.issue();
+    let pod = TestPod::start(&["--max-handshakes-per-second", "5000"]).await;
+    let TestPod {
+        pki,
+        cert: old,
+        volume,
+        sidecar,
+        ..
+    } = &pod;
     let new = pki.issue();
-    let volume = SecretVolume::new(&old.cert_pem, &old.key_pem);
-    let gateway = Gateway::start("pod-0").await;
-    let sidecar = Sidecar::start(
-        &volume,
-        gateway.addr,
-        &["--max-handshakes-per-second", "5000"],
-    );
     assert_eq!(sidecar.served_sha256(), sha256_hex(&old.leaf_der));
 
     let fleet = Fleet::start(fleet_config(sidecar.listen, 1000, &pki.ca.cert_pem())).unwrap();
@@ -158,12 +157,15 @@ async fn bad_certificates_are_refused_and_the_old_one_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openssl_s_client_sees_the_new_certificate_after_a_reload() {
     let _serial = serial().await;
-    let pki = Pki::new();
-    let old = pki.issue();
+    let pod = TestPod::start(&[]).await;
+    let TestPod {
+        pki,
+        cert: old,
+        volume,
+        sidecar,
+        ..
+    } = &pod;
     let new = pki.issue();
-    let volume = SecretVolume::new(&old.cert_pem, &old.key_pem);
-    let gateway = Gateway::start("pod-0").await;
-    let sidecar = Sidecar::start(&volume, gateway.addr, &[]);
     let ca = TempDir::new("ca");
     let ca_file = ca.0.join("ca.crt");
     std::fs::write(&ca_file, pki.ca.cert_pem()).unwrap();
