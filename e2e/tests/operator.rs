@@ -187,6 +187,39 @@ async fn operator_end_to_end() {
     );
     step!("leader election: {holder} holds the Lease and is the only one reconciling");
 
+    // Failover: the leader's pod goes; it releases the Lease on SIGTERM and another replica
+    // (the follower, or the Deployment's replacement pod if it asks first) takes over and
+    // goes on reconciling: every step below runs under the new leader.
+    let old = holder.clone();
+    let deleted_at = std::time::Instant::now();
+    operator_pods
+        .delete(&old, &DeleteParams::default())
+        .await
+        .unwrap();
+    let holder = eventually(
+        "another replica takes the Lease",
+        Duration::from_secs(30),
+        || async {
+            let now = leases
+                .get("ballast-operator")
+                .await
+                .map_err(|e| e.to_string())?
+                .spec
+                .and_then(|s| s.holder_identity)
+                .unwrap_or_default();
+            if !now.is_empty() && now != old {
+                Ok(now)
+            } else {
+                Err(format!("holder {now:?}"))
+            }
+        },
+    )
+    .await;
+    step!(
+        "failover: {holder} took the Lease {:.1}s after {old}'s pod was deleted",
+        deleted_at.elapsed().as_secs_f64()
+    );
+
     let sts: Api<StatefulSet> = Api::namespaced(lc.client.clone(), NS);
     let set = sts.get("edge").await.unwrap();
     let containers = &set.spec.template.spec.as_ref().unwrap().containers;
@@ -417,23 +450,21 @@ async fn operator_end_to_end() {
     step!("deleting the PresenceCluster removed everything it owned");
 
     // ------------------------------------------------------------ RBAC: enough, and no wider
-    let (_, metrics) = http_get(
-        format!(
-            "{}:8080",
-            operator[0]
-                .status
-                .as_ref()
-                .unwrap()
-                .pod_ip
-                .as_ref()
-                .unwrap()
-        )
-        .parse()
-        .unwrap(),
-        "/metrics",
-    )
-    .await
-    .unwrap();
+    // The leader has done all of the above; none of its calls was refused.
+    let leader = operator_pods.get(&holder).await.unwrap();
+    let leader_ip = leader.status.unwrap().pod_ip.unwrap();
+    let (_, metrics) = http_get(format!("{leader_ip}:8080").parse().unwrap(), "/metrics")
+        .await
+        .unwrap();
+    let reconciles: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ballast_operator_reconciles_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        reconciles > 0.0,
+        "the new leader has not reconciled:\n{metrics}"
+    );
     assert!(
         !metrics.contains("error=\"forbidden\""),
         "the operator hit a forbidden call:\n{metrics}"

@@ -63,7 +63,32 @@ pub async fn hold(client: Client, config: LeaseConfig) {
     }
 }
 
-/// Takes or renews the lease if it is free, expired or already ours.
+/// Gives the lease up on a clean shutdown, so a follower takes over at its next attempt
+/// instead of waiting for the lease to expire. Best effort: if it fails, expiry still works.
+pub async fn release(client: &Client, config: &LeaseConfig) {
+    let api: Api<Lease> = Api::namespaced(client.clone(), &config.namespace);
+    let Ok(Some(mut lease)) = api.get_opt(&config.name).await else {
+        return;
+    };
+    let Some(spec) = lease.spec.as_mut() else {
+        return;
+    };
+    if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
+        return;
+    }
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    spec.renew_time = Some(MicroTime(Timestamp::now()));
+    match api
+        .replace(&config.name, &PostParams::default(), &lease)
+        .await
+    {
+        Ok(_) => tracing::info!(lease = %config.name, "lease released"),
+        Err(err) => tracing::warn!(error = %err, "could not release the lease; it will expire"),
+    }
+}
+
+/// Takes or renews the lease if it is free (never held or released), expired, or ours.
 async fn try_take(api: &Api<Lease>, config: &LeaseConfig) -> Result<bool, kube::Error> {
     let now = Timestamp::now();
     let seconds = config.duration.as_secs() as i32;
@@ -91,11 +116,12 @@ async fn try_take(api: &Api<Lease>, config: &LeaseConfig) -> Result<bool, kube::
     };
     let spec = lease.spec.clone().unwrap_or_default();
     let ours = spec.holder_identity.as_deref() == Some(config.identity.as_str());
+    let released = spec.holder_identity.as_deref().is_none_or(str::is_empty);
     let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
         (Some(MicroTime(renewed)), Some(d)) => now.as_second() > renewed.as_second() + i64::from(d),
         _ => true,
     };
-    if !ours && !expired {
+    if !ours && !expired && !released {
         return Ok(false);
     }
     let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours);

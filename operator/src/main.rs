@@ -93,10 +93,14 @@ async fn main() -> anyhow::Result<()> {
         leader::acquire(&client, &lease)
             .await
             .context("leader election")?;
-        let holder = tokio::spawn(leader::hold(client.clone(), lease));
+        let mut holder = tokio::spawn(leader::hold(client.clone(), lease.clone()));
         tokio::select! {
-            _ = run_controller(client, &config, metrics) => Ok(()),
-            _ = holder => anyhow::bail!("leadership lost; exiting so that only one replica reconciles"),
+            _ = run_controller(client.clone(), &config, metrics) => {
+                holder.abort();
+                leader::release(&client, &lease).await;
+                Ok(())
+            }
+            _ = &mut holder => anyhow::bail!("leadership lost; exiting so that only one replica reconciles"),
         }
     } else {
         run_controller(client, &config, metrics).await;
