@@ -413,6 +413,66 @@ async fn operator_end_to_end() {
     wait_ready(&lc, "broken", 1, Duration::from_secs(60)).await;
     step!("missing Secret: Ready=False SecretNotFound + Warning Event; fixed → Ready");
 
+    // A renewal gone wrong on a running cluster: the Secret now holds an expired certificate.
+    // The operator says so and deletes nothing; the sidecar refuses it and keeps serving.
+    let expired = ca
+        .issue_server(&["localhost".into()], Validity::Expired)
+        .unwrap();
+    secrets
+        .patch(
+            "not-yet",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"stringData": {"tls.crt": expired.cert_pem, "tls.key": expired.key_pem}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let message = eventually(
+        "broken reports CertificateExpired",
+        Duration::from_secs(30),
+        || async {
+            let s = prc_status(&lc, "broken").await?;
+            let ready = condition(&s, "Ready");
+            if ready["reason"] == "CertificateExpired" {
+                Ok(ready["message"].as_str().unwrap_or("").to_owned())
+            } else {
+                Err(format!("status: {s}"))
+            }
+        },
+    )
+    .await;
+    assert!(message.contains("expired at"), "{message}");
+    assert!(
+        sts.get_opt("broken").await.unwrap().is_some(),
+        "nothing deleted"
+    );
+    let pods: Api<Pod> = Api::namespaced(lc.client.clone(), NS);
+    let running = pods.get("broken-0").await.unwrap();
+    assert!(pod_ready(&running), "the gateway pod keeps running");
+    let ip = running.status.unwrap().pod_ip.unwrap();
+    let admin: std::net::SocketAddr = format!("{ip}:9901").parse().unwrap();
+    let sidecar = eventually(
+        "the sidecar refuses the expired pair",
+        Duration::from_secs(30),
+        || async {
+            let (_, body) = http_get(admin, "/status").await?;
+            let status: serde_json::Value =
+                serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            if status["certificate"]["last_error_reason"] == "expired" {
+                Ok(status)
+            } else {
+                Err(format!("sidecar status: {status}"))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        sidecar["certificate"]["sha256"],
+        cert.fingerprint().as_str()
+    );
+    step!("expired certificate in the Secret: Ready=False CertificateExpired, nothing deleted, old certificate still served");
+
     // ------------------------------------------------------------ delete removes everything
     prcs.delete("edge", &DeleteParams::default()).await.unwrap();
     eventually(

@@ -71,7 +71,17 @@ pub async fn reconcile(prc: Arc<PresenceCluster>, ctx: Arc<Context>) -> Result<A
     let namespace = prc
         .namespace()
         .ok_or_else(|| Error::NoNamespace(name.clone()))?;
-    if prc.meta().deletion_timestamp.is_some() {
+    // The controller's cache can lag a deletion by a moment, and a reconcile triggered by an
+    // owned object's removal would then re-create what the garbage collector just deleted.
+    // One GET settles it: only a live PresenceCluster with the same uid is reconciled.
+    let live = Api::<PresenceCluster>::namespaced(ctx.client.clone(), &namespace)
+        .get_opt(&name)
+        .await?;
+    let gone = match &live {
+        None => true,
+        Some(p) => p.metadata.uid != prc.metadata.uid || p.metadata.deletion_timestamp.is_some(),
+    };
+    if gone {
         ctx.metrics.forget(&namespace, &name);
         return Ok(Action::await_change());
     }
