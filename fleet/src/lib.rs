@@ -10,16 +10,17 @@
 //! - [`agents`] runs a fleet of long-lived TLS agents that heartbeat, reconnect with backoff
 //!   and record every gap, close and handshake failure.
 //! - [`summary`] is the serialisable outcome of a run; [`progress`] prints the live line.
-//! - [`duration`] parses the human durations (`500ms`, `10s`, `5m`) the CLI accepts.
+//! - [`duration`] is the one duration grammar (`500ms`, `10s`, `5m`) the CLI accepts,
+//!   re-exported from `ballast-contract` so every crate and the CRD agree on it.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod agents;
 pub mod certs;
-pub mod duration;
 pub mod gateway;
 pub mod latency;
 pub mod progress;
 pub mod summary;
 
+pub use ballast_contract::duration;
 pub use progress::spawn_progress;
