@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use ballast_contract::duration::{parse_duration, DURATION_PATTERN};
 use k8s_openapi::api::core::v1::{PodTemplateSpec, ResourceRequirements};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -190,7 +191,7 @@ pub enum RotationStrategy {
 #[serde(rename_all = "camelCase")]
 pub struct ReconnectExisting {
     /// Window to spread the reconnects over, e.g. `6h`.
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub within: String,
 }
 
@@ -222,7 +223,7 @@ pub struct MigrationSpec {
     pub max_unavailable: i32,
     /// Longest a pod's drain may take; the pod's termination grace period is set above it.
     #[serde(default = "defaults::drain_timeout")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub drain_timeout: String,
 }
 
@@ -230,7 +231,7 @@ impl MigrationSpec {
     /// The drain timeout in whole seconds (the schema's pattern guarantees it parses; an
     /// unparseable value from an older schema falls back to the default, 10 minutes).
     pub fn drain_timeout_seconds(&self) -> i64 {
-        ballast_sidecar::config::parse_duration(&self.drain_timeout)
+        parse_duration(&self.drain_timeout)
             .map(|d| d.as_secs().max(1) as i64)
             .unwrap_or(600)
     }
@@ -255,7 +256,7 @@ pub struct RebalanceSpec {
 pub struct PresenceSpec {
     /// An agent disconnected longer than this shows as offline; no planned gap may come near it.
     #[serde(default = "defaults::offline_threshold")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub offline_threshold: String,
 }
 
@@ -420,3 +421,40 @@ default_from_serde!(
     PresenceSpec,
     SidecarSpec
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn every_duration_field_carries_the_contracts_pattern() {
+        let crd = serde_json::to_value(PresenceCluster::crd()).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"];
+        for field in [
+            &spec["migration"]["properties"]["drainTimeout"],
+            &spec["presence"]["properties"]["offlineThreshold"],
+            &spec["tls"]["properties"]["rotation"]["properties"]["reconnectExisting"]["properties"]
+                ["within"],
+        ] {
+            assert_eq!(field["pattern"], DURATION_PATTERN, "{field}");
+        }
+    }
+
+    #[test]
+    fn drain_timeout_reads_the_one_grammar() {
+        let mut migration = MigrationSpec::default();
+        assert_eq!(migration.drain_timeout_seconds(), 600);
+        migration.drain_timeout = "1m30s".into();
+        assert_eq!(migration.drain_timeout_seconds(), 90);
+        migration.drain_timeout = "0".into();
+        assert_eq!(migration.drain_timeout_seconds(), 1);
+        migration.drain_timeout = "90".into();
+        assert_eq!(
+            migration.drain_timeout_seconds(),
+            600,
+            "a bare number is refused"
+        );
+    }
+}

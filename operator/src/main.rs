@@ -45,7 +45,7 @@ struct Config {
     #[arg(long, env = "BALLAST_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
     /// How often each PresenceCluster is looked at again without a change.
-    #[arg(long, env = "BALLAST_RESYNC", default_value = "10s", value_parser = ballast_sidecar::config::parse_duration)]
+    #[arg(long, env = "BALLAST_RESYNC", default_value = "10s", value_parser = ballast_contract::duration::parse_duration)]
     resync: Duration,
     /// Sidecars bind the pod IP instead of 0.0.0.0/127.0.0.1: for clusters whose pods share one
     /// network namespace (the e2e process kubelet). Leave off on real clusters.

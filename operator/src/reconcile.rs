@@ -112,7 +112,7 @@ pub async fn reconcile(prc: Arc<PresenceCluster>, ctx: Arc<Context>) -> Result<A
         certificate: certificate.ok(),
         pods,
     };
-    let now = ballast_sidecar::clock::rfc3339(ballast_sidecar::clock::unix_now());
+    let now = ballast_contract::clock::rfc3339(ballast_contract::clock::unix_now());
     let new = status::compute(&prc, &observed, prc.status.as_ref(), &now);
     if prc.status.as_ref() != Some(&new) {
         let patch = serde_json::json!({

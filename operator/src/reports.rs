@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde::Deserialize;
+use ballast_contract::Status;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -17,18 +17,6 @@ use crate::status::SidecarReport;
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// A `/status` answer is ~1.5 KiB; anything far larger is not a sidecar.
 const MAX_RESPONSE: u64 = 64 * 1024;
-
-#[derive(Deserialize)]
-struct StatusBody {
-    connections: u64,
-    draining: Option<serde_json::Value>,
-    certificate: CertificateBody,
-}
-
-#[derive(Deserialize)]
-struct CertificateBody {
-    sha256: String,
-}
 
 /// Fetches and parses one sidecar's `/status`; `None` if it cannot be had in time.
 pub async fn fetch(admin: SocketAddr) -> Option<SidecarReport> {
@@ -68,26 +56,95 @@ fn parse(response: &[u8]) -> anyhow::Result<SidecarReport> {
         "status answered {}",
         head.lines().next().unwrap_or("")
     );
-    let body: StatusBody = serde_json::from_str(body)?;
+    let status: Status = serde_json::from_str(body)?;
     Ok(SidecarReport {
-        connections: body.connections,
-        sha256: body.certificate.sha256,
-        draining: body.draining.is_some_and(|d| !d.is_null()),
+        connections: status.connections as u64,
+        sha256: status.certificate.sha256,
+        draining: status.draining.is_some(),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ballast_contract::{
+        CertificateStatus, Counters, DrainProgress, Limits, UpstreamStatus, PROTOCOL_VERSION,
+    };
+
+    fn status(connections: usize, draining: Option<DrainProgress>) -> Status {
+        Status {
+            protocol_version: PROTOCOL_VERSION,
+            connections,
+            accepting: true,
+            ready: true,
+            draining,
+            upstream: UpstreamStatus {
+                address: "127.0.0.1:8080".into(),
+                reachable: true,
+            },
+            certificate: CertificateStatus {
+                sha256: "ab12".into(),
+                not_before: "2026-11-23T00:00:00Z".into(),
+                not_after: "2027-02-21T00:00:00Z".into(),
+                loaded_at: "2026-11-24T09:00:00Z".into(),
+                generation: 1,
+                connections_on_current: connections,
+                connections_on_older: 0,
+                last_error: None,
+                last_error_reason: None,
+                last_error_at: None,
+            },
+            limits: Limits {
+                max_connections: 50_000,
+                max_handshakes_per_second: 500,
+                max_concurrent_handshakes: 256,
+                handshake_timeout_seconds: 10.0,
+                shutdown_drain_seconds: 30.0,
+            },
+            counters: Counters {
+                accepted: 42,
+                refused: Default::default(),
+                closed: Default::default(),
+                certificate_reloads: Default::default(),
+                handshakes_in_flight: 0,
+            },
+        }
+    }
+
+    fn answer(body: &str) -> Vec<u8> {
+        format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{body}").into_bytes()
+    }
 
     #[test]
     fn parses_the_sidecars_status_answer() {
-        let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"connections\": 42, \"accepting\": true, \"draining\": null, \"certificate\": {\"sha256\": \"ab12\", \"generation\": 1}}";
-        let report = parse(answer).unwrap();
+        let body = serde_json::to_string_pretty(&status(42, None)).unwrap();
+        let report = parse(&answer(&body)).unwrap();
         assert_eq!(report.connections, 42);
         assert_eq!(report.sha256, "ab12");
         assert!(!report.draining);
         assert!(parse(b"HTTP/1.1 503 Service Unavailable\r\n\r\n{}").is_err());
         assert!(parse(b"garbage").is_err());
+        assert!(parse(&answer(r#"{"connections": 42}"#)).is_err());
+    }
+
+    #[test]
+    fn a_running_drain_is_reported_as_draining() {
+        let progress = DrainProgress {
+            target: 10,
+            closed: 3,
+            over_seconds: 10.0,
+            started_at: "2026-11-24T10:00:00Z".into(),
+            finished: false,
+        };
+        let body = serde_json::to_string(&status(7, Some(progress))).unwrap();
+        assert!(parse(&answer(&body)).unwrap().draining);
+    }
+
+    #[test]
+    fn a_newer_sidecars_extra_fields_are_ignored() {
+        let mut value = serde_json::to_value(status(5, None)).unwrap();
+        value["steering"] = serde_json::json!({"weight": 0.5});
+        let report = parse(&answer(&value.to_string())).unwrap();
+        assert_eq!((report.connections, report.sha256.as_str()), (5, "ab12"));
     }
 }

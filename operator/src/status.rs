@@ -4,7 +4,7 @@
 //! Pure functions of (spec, observations, previous status, now): the reconcile gathers the
 //! observations, this module decides what they mean.
 
-use ballast_sidecar::certificate::ServingCertificate;
+use ballast_certs::CertificateFacts;
 
 use crate::crd::{CertificateStatus, Condition, Phase, PresenceCluster, PresenceClusterStatus};
 use crate::validate::Problem;
@@ -32,8 +32,8 @@ pub struct PodView {
 pub struct Observed {
     /// The first problem found by validation, if any.
     pub problem: Option<Problem>,
-    /// The Secret's certificate when it is servable.
-    pub certificate: Option<ServingCertificate>,
+    /// The Secret's certificate when it is servable (its facts: the operator holds no key).
+    pub certificate: Option<CertificateFacts>,
     pub pods: Vec<PodView>,
 }
 
@@ -204,7 +204,7 @@ pub fn compute(
         imbalance: (imbalance * 100.0).round() / 100.0,
         certificate: observed.certificate.as_ref().map(|c| CertificateStatus {
             sha256: c.sha256.clone(),
-            not_after: ballast_sidecar::clock::rfc3339(c.not_after),
+            not_after: ballast_contract::clock::rfc3339(c.not_after),
             served: format!("{}/{ready}", served.unwrap_or(0)),
         }),
     }
@@ -253,29 +253,15 @@ pub fn notices(
 mod tests {
     use super::*;
     use crate::testing::example;
-    use std::sync::Arc;
 
-    fn cert(sha: &str) -> ServingCertificate {
-        let provider = rustls::crypto::ring::default_provider();
-        let ca = ballast_fleet::certs::Ca::new("t").unwrap();
-        let issued = ca
-            .issue_server(&["x".into()], ballast_fleet::certs::Validity::Current)
-            .unwrap();
-        let files = ballast_sidecar::certificate::PemFiles {
-            cert: issued.cert_pem.into_bytes(),
-            key: issued.key_pem.into_bytes(),
-        };
-        let mut c = ballast_sidecar::certificate::validate(
-            &files,
-            std::path::Path::new("c"),
-            std::path::Path::new("k"),
-            &provider,
-            std::time::SystemTime::now(),
-        )
-        .unwrap();
-        c.sha256 = sha.into();
-        let _ = Arc::strong_count(&c.key);
-        c
+    fn cert(sha: &str) -> CertificateFacts {
+        CertificateFacts {
+            sha256: sha.into(),
+            not_before: 1_795_478_400,
+            not_after: 1_803_254_400,
+            dns_names: vec!["edge.example.com".into()],
+            ip_addresses: vec![],
+        }
     }
 
     fn pod(name: &str, connections: u64, sha: &str) -> PodView {

@@ -2,17 +2,19 @@
 //!
 //! A problem found here never deletes anything: the reconcile stops before applying, sets
 //! `Ready=False` with the reason and message, emits an Event, and tries again. The Secret is
-//! judged by the very code the sidecar uses to accept a certificate, so the operator and the
-//! data plane can never disagree about what is servable.
+//! judged by the very code the sidecar uses to accept a certificate (`ballast-certs`), so the
+//! operator and the data plane can never disagree about what is servable; the operator keeps
+//! only the facts of the certificate, never its key.
 
 use std::path::Path;
 use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::Secret;
 
+use ballast_certs::{CertificateError, CertificateFacts, PemFiles};
+
 use crate::crd::PresenceCluster;
 use crate::workload::{SIDECAR_CONTAINER, TLS_VOLUME};
-use ballast_sidecar::certificate::{self, CertificateError, PemFiles, ServingCertificate};
 
 /// Why the cluster cannot be made Ready, in the words of a condition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +82,7 @@ pub fn secret(
     secret: Option<&Secret>,
     name: &str,
     now: SystemTime,
-) -> Result<ServingCertificate, Problem> {
+) -> Result<CertificateFacts, Problem> {
     let secret = secret.ok_or_else(|| {
         Problem::new(
             "SecretNotFound",
@@ -106,7 +108,7 @@ pub fn secret(
     };
     let files = PemFiles { cert, key: private };
     let provider = rustls_provider();
-    certificate::validate(
+    ballast_certs::inspect(
         &files,
         Path::new("tls.crt"),
         Path::new("tls.key"),

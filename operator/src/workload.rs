@@ -426,6 +426,21 @@ mod tests {
     }
 
     #[test]
+    fn duration_args_are_in_the_sidecars_grammar() {
+        let mut prc = example();
+        prc.spec.migration.drain_timeout = "1m30s".into();
+        let args = sidecar(&build(&prc, &Environment::default())).args.unwrap();
+        let drain = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--shutdown-drain="))
+            .expect("--shutdown-drain rendered");
+        assert_eq!(
+            ballast_contract::duration::parse_duration(drain),
+            Ok(std::time::Duration::from_secs(90))
+        );
+    }
+
+    #[test]
     fn the_gateway_outlives_the_drain_unless_it_has_its_own_pre_stop() {
         let w = build(&example(), &Environment::default());
         let gateway = &w.statefulset.spec.template.spec.unwrap().containers[0];
