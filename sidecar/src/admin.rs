@@ -4,7 +4,6 @@
 //! cancelling a drain — close agents' connections, so they answer only loopback callers, or,
 //! with `--admin-token-file`, only callers presenting that bearer token.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -18,8 +17,12 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::clock;
-use crate::drain::{DrainProgress, DrainRequest};
+use ballast_contract::clock;
+use ballast_contract::{
+    CertificateStatus, Counters, DrainProgress, DrainRequest, Limits, Status, UpstreamStatus,
+    PROTOCOL_VERSION,
+};
+
 use crate::metrics::{CloseCause, Refusal};
 use crate::server::Shared;
 
@@ -164,59 +167,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// `GET /status`: what the operator and a person debugging want to know at a glance.
-#[derive(Serialize)]
-pub struct Status {
-    pub connections: usize,
-    pub accepting: bool,
-    pub ready: bool,
-    pub draining: Option<DrainProgress>,
-    pub upstream: UpstreamStatus,
-    pub certificate: CertificateStatus,
-    pub limits: Limits,
-    pub counters: Counters,
-}
-
-#[derive(Serialize)]
-pub struct UpstreamStatus {
-    pub address: String,
-    pub reachable: bool,
-}
-
-#[derive(Serialize)]
-pub struct CertificateStatus {
-    pub sha256: String,
-    pub not_before: String,
-    pub not_after: String,
-    pub loaded_at: String,
-    pub generation: u64,
-    /// Connections accepted under the certificate served now.
-    pub connections_on_current: usize,
-    /// Connections accepted under earlier certificates (a drain closes these first).
-    pub connections_on_older: usize,
-    pub last_error: Option<String>,
-    pub last_error_reason: Option<&'static str>,
-    pub last_error_at: Option<String>,
-}
-
-#[derive(Serialize)]
-pub struct Limits {
-    pub max_connections: usize,
-    pub max_handshakes_per_second: u32,
-    pub max_concurrent_handshakes: usize,
-    pub handshake_timeout_seconds: f64,
-    pub shutdown_drain_seconds: f64,
-}
-
-#[derive(Serialize)]
-pub struct Counters {
-    pub accepted: u64,
-    pub refused: BTreeMap<&'static str, u64>,
-    pub closed: BTreeMap<&'static str, u64>,
-    pub certificate_reloads: BTreeMap<&'static str, u64>,
-    pub handshakes_in_flight: i64,
-}
-
+/// `GET /status`: what the operator and a person debugging want to know at a glance, in the
+/// contract's shape.
 pub fn status(shared: &Shared) -> Status {
     let served = shared.tls.current();
     let failure = shared.tls.last_failure();
@@ -226,6 +178,7 @@ pub fn status(shared: &Shared) -> Status {
     let m = &shared.metrics;
     let c = &shared.config;
     Status {
+        protocol_version: PROTOCOL_VERSION,
         connections: total,
         accepting: shared.accepting(),
         ready: shared.ready(),
@@ -235,15 +188,15 @@ pub fn status(shared: &Shared) -> Status {
             reachable: shared.upstream_reachable(),
         },
         certificate: CertificateStatus {
-            sha256: served.certificate.sha256.clone(),
-            not_before: clock::rfc3339(served.certificate.not_before),
-            not_after: clock::rfc3339(served.certificate.not_after),
+            sha256: served.certificate.facts.sha256.clone(),
+            not_before: clock::rfc3339(served.certificate.facts.not_before),
+            not_after: clock::rfc3339(served.certificate.facts.not_after),
             loaded_at: clock::rfc3339(served.loaded_at),
             generation: served.generation,
             connections_on_current: on_current,
             connections_on_older: total - on_current,
             last_error: failure.as_ref().map(|f| f.message.clone()),
-            last_error_reason: failure.as_ref().map(|f| f.reason),
+            last_error_reason: failure.as_ref().map(|f| f.reason.to_owned()),
             last_error_at: failure.as_ref().map(|f| clock::rfc3339(f.at)),
         },
         limits: Limits {
@@ -257,13 +210,17 @@ pub fn status(shared: &Shared) -> Status {
             accepted: m.accepted.get(),
             refused: Refusal::ALL
                 .iter()
-                .map(|r| (r.as_str(), m.refused(*r).get()))
+                .map(|r| (r.as_str().to_owned(), m.refused(*r).get()))
                 .collect(),
             closed: CloseCause::ALL
                 .iter()
-                .map(|c| (c.as_str(), m.closed(*c).get()))
+                .map(|c| (c.as_str().to_owned(), m.closed(*c).get()))
                 .collect(),
-            certificate_reloads: m.reload_counts().into_iter().collect(),
+            certificate_reloads: m
+                .reload_counts()
+                .into_iter()
+                .map(|(result, n)| (result.to_owned(), n))
+                .collect(),
             handshakes_in_flight: m.handshakes_in_flight.get(),
         },
     }

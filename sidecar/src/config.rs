@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ballast_contract::duration::parse_duration;
 use clap::Parser;
 
 /// TLS-terminating presence sidecar: hot certificate reload, paced drains, admission control.
@@ -98,33 +99,34 @@ pub enum LogFormat {
     Json,
 }
 
-/// Parses `500ms`, `10s`, `5m`, `1h30m` and a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if let Ok(seconds) = text.parse::<f64>() {
-        if seconds.is_finite() && seconds >= 0.0 {
-            return Ok(Duration::from_secs_f64(seconds));
-        }
-        return Err(format!(
-            "{text:?} is not a duration: must be a non-negative number"
-        ));
-    }
-    humantime::parse_duration(text)
-        .map_err(|e| format!("{text:?} is not a duration like 500ms, 10s or 5m: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn with(args: &[&str]) -> Result<Config, clap::Error> {
+        let base = ["ballast-sidecar", "--cert", "c", "--key", "k"];
+        Config::try_parse_from(base.iter().chain(args))
+    }
+
     #[test]
-    fn durations_parse_units_and_bare_seconds() {
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("2.5").unwrap(), Duration::from_millis(2500));
-        assert!(parse_duration("-1").is_err());
-        assert!(parse_duration("soon").is_err());
+    fn durations_take_the_one_grammar() {
+        let c = with(&["--shutdown-drain", "2.5s", "--handshake-timeout", "1m30s"]).unwrap();
+        assert_eq!(c.shutdown_drain, Duration::from_millis(2500));
+        assert_eq!(c.handshake_timeout, Duration::from_secs(90));
+        assert_eq!(
+            with(&["--reload-interval", "500ms"])
+                .unwrap()
+                .reload_interval,
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            with(&["--shutdown-drain", "0"]).unwrap().shutdown_drain,
+            Duration::ZERO
+        );
+        for bad in ["2.5", "30", "-1s", "soon", "1 min"] {
+            let err = with(&[&format!("--shutdown-drain={bad}")]).unwrap_err();
+            assert!(err.to_string().contains("--shutdown-drain"), "{bad}: {err}");
+        }
     }
 
     #[test]

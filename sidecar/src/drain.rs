@@ -9,66 +9,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::clock;
+use ballast_contract::clock;
+use ballast_contract::pacing::close_offset;
+use ballast_contract::{DrainProgress, DrainSize};
+
 use crate::connections::Connections;
 use crate::metrics::Metrics;
-
-/// How many connections a drain closes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum DrainSize {
-    Count(usize),
-    All(AllKeyword),
-}
-
-/// The literal `"all"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AllKeyword {
-    All,
-}
-
-/// Body of `POST /drain`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DrainRequest {
-    pub connections: DrainSize,
-    pub over_seconds: f64,
-}
-
-impl DrainSize {
-    /// Every connection the pod has when the drain starts.
-    pub const ALL: DrainSize = DrainSize::All(AllKeyword::All);
-}
-
-impl DrainRequest {
-    /// Checks what serde cannot: a window that is a real, bounded duration.
-    pub fn validate(&self) -> Result<Duration, String> {
-        if !self.over_seconds.is_finite() || self.over_seconds < 0.0 {
-            return Err("over_seconds must be a non-negative number".into());
-        }
-        if self.over_seconds > 7.0 * 86_400.0 {
-            return Err("over_seconds must be at most a week".into());
-        }
-        Ok(Duration::from_secs_f64(self.over_seconds))
-    }
-}
-
-/// What a drain is doing, for `/status` and the API's answers.
-#[derive(Debug, Clone, Serialize)]
-pub struct DrainProgress {
-    /// Connections this drain will close (fixed when it starts).
-    pub target: usize,
-    pub closed: usize,
-    pub over_seconds: f64,
-    /// RFC 3339.
-    pub started_at: String,
-    pub finished: bool,
-}
 
 struct Running {
     target: usize,
@@ -168,8 +117,9 @@ impl Drainer {
     }
 }
 
-/// Closes `target` connections from `order` at even intervals across `window`. Entries that
-/// already left are skipped, so exactly `target` close unless the pod runs out of connections.
+/// Closes `target` connections from `order` at even intervals across `window`, at the instants
+/// of the one pacing rule (`ballast_contract::pacing`). Entries that already left are skipped,
+/// so exactly `target` close unless the pod runs out of connections.
 async fn pace(
     connections: Arc<Connections>,
     metrics: Arc<Metrics>,
@@ -179,14 +129,9 @@ async fn pace(
     closed: Arc<AtomicUsize>,
 ) {
     let start = Instant::now();
-    let step = if target == 0 {
-        Duration::ZERO
-    } else {
-        window / target as u32
-    };
     let mut candidates = order.into_iter();
     for i in 0..target {
-        tokio::time::sleep_until(start + step * i as u32).await;
+        tokio::time::sleep_until(start + close_offset(i, target, window)).await;
         loop {
             let Some(id) = candidates.next() else {
                 tracing::info!(closed = i, target, "drain ran out of connections");
@@ -206,24 +151,6 @@ async fn pace(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn request_accepts_a_count_or_all_and_rejects_the_rest() {
-        let r: DrainRequest =
-            serde_json::from_str(r#"{"connections": 5, "over_seconds": 2}"#).unwrap();
-        assert_eq!(r.connections, DrainSize::Count(5));
-        let r: DrainRequest =
-            serde_json::from_str(r#"{"connections": "all", "over_seconds": 0.5}"#).unwrap();
-        assert_eq!(r.connections, DrainSize::All(AllKeyword::All));
-        assert!(serde_json::from_str::<DrainRequest>(r#"{"connections": "some"}"#).is_err());
-        assert!(
-            serde_json::from_str::<DrainRequest>(r#"{"connections": -1, "over_seconds": 1}"#)
-                .is_err()
-        );
-        let r: DrainRequest =
-            serde_json::from_str(r#"{"connections": 1, "over_seconds": -3}"#).unwrap();
-        assert!(r.validate().is_err());
-    }
 
     #[tokio::test(start_paused = true)]
     async fn closes_exactly_the_target_evenly_over_the_window() {

@@ -4,31 +4,37 @@
 //! it; it forwards the plain bytes to the gateway on localhost. Its job is to make the events
 //! that used to drop every agent — certificate renewals, restarts, reconnect storms — invisible.
 //!
-//! Modules, in the order a connection meets them:
-//! - [`config`]: flags and `BALLAST_*` environment variables.
-//! - [`server`]: lifecycle — bind, accept, lame duck on SIGTERM.
-//! - [`admission`]: refuse cheaply before the handshake when the pod is at its limits.
-//! - [`tls`] and [`certificate`]: the served certificate, validated and hot-swapped.
-//! - [`proxy`] and [`proxy_protocol`]: one connection's bytes, without idle buffers.
-//! - [`connections`]: the table of live connections a drain chooses from.
-//! - [`drain`]: closing N connections evenly over a window, gracefully.
-//! - [`admin`] and [`metrics`]: `/healthz`, `/readyz`, `/metrics`, `/status`, `/drain`.
+//! The public surface is what the binary needs: [`Config`] (flags and `BALLAST_*` environment
+//! variables), [`TlsState::load`] (the initial certificate, or a [`StartupError`]) and [`run`].
+//! Everything else is private. Modules, in the order a connection meets them:
+//! - `config`: flags and `BALLAST_*` environment variables.
+//! - `server`: lifecycle — bind, accept, lame duck on SIGTERM.
+//! - `admission`: refuse cheaply before the handshake when the pod is at its limits.
+//! - `tls`: the served certificate, validated by `ballast-certs` and hot-swapped.
+//! - `proxy` and `proxy_protocol`: one connection's bytes, without idle buffers.
+//! - `connections`: the table of live connections a drain chooses from.
+//! - `drain`: closing N connections over a window at the pace of `ballast_contract::pacing`.
+//! - `admin` and `metrics`: `/healthz`, `/readyz`, `/metrics`, `/status`, `/drain`; the
+//!   bodies of `/status` and `/drain` are `ballast-contract`'s types.
 //!
-//! It never depends on the operator: with no operator at all it proxies, reloads and drains
-//! on SIGTERM exactly the same.
+//! It never depends on the operator (nor the operator on it): what they share is
+//! `ballast-contract` (the wire contract, durations, clock) and `ballast-certs` (what may be
+//! served). With no operator at all it proxies, reloads and drains on SIGTERM exactly the same.
 
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod admission;
-pub mod certificate;
-pub mod clock;
-pub mod config;
-pub mod connections;
-pub mod drain;
-pub mod metrics;
-pub mod proxy;
-pub mod proxy_protocol;
-pub mod server;
-pub mod tls;
+mod admin;
+mod admission;
+mod config;
+mod connections;
+mod drain;
+mod metrics;
+mod proxy;
+mod proxy_protocol;
+mod server;
+mod tls;
+
+pub use config::{Config, LogFormat};
+pub use server::run;
+pub use tls::{StartupError, TlsState};

@@ -3,9 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use ballast_sidecar::config::{Config, LogFormat};
-use ballast_sidecar::server;
-use ballast_sidecar::tls::TlsState;
+use ballast_sidecar::{Config, LogFormat, TlsState};
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
@@ -31,7 +29,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .thread_name("ballast-sidecar")
         .build()?;
-    runtime.block_on(server::run(config, Arc::new(tls)))
+    runtime.block_on(ballast_sidecar::run(config, Arc::new(tls)))
 }
 
 fn init_logging(format: LogFormat) {

@@ -203,7 +203,7 @@ impl Metrics {
             .clone()
     }
 
-    /// `result` is `success` or a [`crate::certificate::CertificateError::metric_label`].
+    /// `result` is `success` or a [`ballast_certs::CertificateError::metric_label`].
     pub fn reload(&self, result: &'static str) -> Counter {
         self.reloads.get_or_create(&ResultLabel { result }).clone()
     }

@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use ballast_contract::DrainSize;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
 use crate::admission::Admission;
 use crate::config::Config;
 use crate::connections::Connections;
-use crate::drain::{DrainSize, Drainer};
+use crate::drain::Drainer;
 use crate::metrics::{Metrics, Refusal};
 use crate::tls::TlsState;
 use crate::{admin, proxy};
@@ -46,7 +47,7 @@ impl Shared {
         let connections = Arc::new(Connections::default());
         metrics
             .certificate_not_after_seconds
-            .set(tls.current().certificate.not_after);
+            .set(tls.current().certificate.facts.not_after);
         Self {
             listen: config.listen,
             upstream: config.upstream,
@@ -132,7 +133,7 @@ pub async fn run(config: Config, tls: Arc<TlsState>) -> anyhow::Result<()> {
         listen = %listener.local_addr()?,
         admin = %admin_listener.local_addr()?,
         upstream = %shared.upstream,
-        sha256 = %tls.current().certificate.sha256,
+        sha256 = %tls.current().certificate.facts.sha256,
         "ballast-sidecar serving"
     );
 

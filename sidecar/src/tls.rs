@@ -16,8 +16,9 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use tokio_rustls::TlsAcceptor;
 
-use crate::certificate::{self, CertificateError, PemFiles, ServingCertificate};
-use crate::clock;
+use ballast_certs::{CertificateError, PemFiles, ServingCertificate};
+use ballast_contract::clock;
+
 use crate::metrics::Metrics;
 
 /// What the accept loop needs for one new connection.
@@ -87,7 +88,7 @@ impl TlsState {
         };
         let files = PemFiles::read(&cert_path, &key_path)?;
         let certificate =
-            certificate::validate(&files, &cert_path, &key_path, &provider, SystemTime::now())?;
+            ballast_certs::validate(&files, &cert_path, &key_path, &provider, SystemTime::now())?;
         let served = build(&provider, client_roots.as_ref(), certificate, 1)?;
         Ok(Self {
             provider,
@@ -101,17 +102,17 @@ impl TlsState {
     }
 
     /// What new handshakes use right now.
-    pub fn current(&self) -> Arc<Served> {
+    pub(crate) fn current(&self) -> Arc<Served> {
         self.current.read().expect("tls state lock").clone()
     }
 
-    pub fn last_failure(&self) -> Option<ReloadFailure> {
+    pub(crate) fn last_failure(&self) -> Option<ReloadFailure> {
         self.last_failure.read().expect("tls state lock").clone()
     }
 
     /// Reads the files and, if they changed, validates and swaps them in. Returns whether a new
     /// pair is now served. A refused pair is remembered so it is reported once, not every poll.
-    pub fn reload_if_changed(&self, metrics: &Metrics) -> bool {
+    pub(crate) fn reload_if_changed(&self, metrics: &Metrics) -> bool {
         let files = match PemFiles::read(&self.cert_path, &self.key_path) {
             Ok(files) => files,
             Err(err) => {
@@ -126,7 +127,7 @@ impl TlsState {
         }
         *self.last_files.write().expect("tls state lock") = files.clone();
         let generation = self.current().generation + 1;
-        let result = certificate::validate(
+        let result = ballast_certs::validate(
             &files,
             &self.cert_path,
             &self.key_path,
@@ -138,14 +139,14 @@ impl TlsState {
         match result {
             Ok(served) => {
                 tracing::info!(
-                    sha256 = %served.certificate.sha256,
-                    not_after = %clock::rfc3339(served.certificate.not_after),
+                    sha256 = %served.certificate.facts.sha256,
+                    not_after = %clock::rfc3339(served.certificate.facts.not_after),
                     generation,
                     "serving the new certificate to new handshakes; existing connections are untouched"
                 );
                 metrics
                     .certificate_not_after_seconds
-                    .set(served.certificate.not_after);
+                    .set(served.certificate.facts.not_after);
                 metrics.reload("success").inc();
                 *self.current.write().expect("tls state lock") = Arc::new(served);
                 *self.last_failure.write().expect("tls state lock") = None;
@@ -188,7 +189,7 @@ impl TlsState {
     }
 
     /// Polls the files every `interval` until the task is dropped.
-    pub async fn watch(self: Arc<Self>, metrics: Arc<Metrics>, interval: Duration) {
+    pub(crate) async fn watch(self: Arc<Self>, metrics: Arc<Metrics>, interval: Duration) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
