@@ -163,11 +163,9 @@ impl IssuedCert {
     }
 }
 
-/// Lowercase hex SHA-256 of `der`: the certificate fingerprint used across Ballast.
-pub fn sha256_hex(der: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, der);
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
+/// Lowercase hex SHA-256 of `der`: the certificate fingerprint used across Ballast (one
+/// function, `ballast-certs`', so the fleet's and the sidecar's fingerprints always compare).
+pub use ballast_certs::sha256_hex;
 
 /// Sets the validity window relative to now. rcgen's `OffsetDateTime` does arithmetic with
 /// std durations, so counting from the Unix epoch avoids a direct dependency on `time`.
