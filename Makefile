@@ -1,5 +1,5 @@
 # Everyday commands. `make demo` and `make test` are the two on the README's first screen.
-.PHONY: demo local-demo test lint fmt build bench tools
+.PHONY: demo local-demo test lint fmt build bench bench-sim simulate tools
 
 demo:            ## the system on a local Kubernetes control plane
 	scripts/demo.sh
@@ -22,6 +22,12 @@ build:
 
 bench:           ## ballast-sidecar vs HAProxy, figures printed
 	scripts/bench-proxies.sh
+
+bench-sim:       ## the simulator at 1,000,000 agents: wall time and peak memory printed
+	scripts/bench-simulator.sh
+
+simulate:        ## the incident replayed, every strategy side by side, plots in target/simulate
+	cargo run --release -q -p ballast-fleet -- simulate --scenario incident --plot target/simulate
 
 tools:           ## what the tests need beyond cargo, installed if missing
 	scripts/ensure-tools.sh

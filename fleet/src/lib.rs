@@ -10,6 +10,8 @@
 //! - [`agents`] runs a fleet of long-lived TLS agents that heartbeat, reconnect with backoff
 //!   and record every gap, close and handshake failure.
 //! - [`summary`] is the serialisable outcome of a run; [`progress`] prints the live line.
+//! - [`simulate`] replays the incident and other events for a million simulated agents,
+//!   side by side for today's tools and for Ballast, running `ballast-planner` itself.
 //! - [`duration`] is the one duration grammar (`500ms`, `10s`, `5m`) the CLI accepts,
 //!   re-exported from `ballast-contract` so every crate and the CRD agree on it.
 #![forbid(unsafe_code)]
@@ -20,6 +22,7 @@ pub mod certs;
 pub mod gateway;
 pub mod latency;
 pub mod progress;
+pub mod simulate;
 pub mod summary;
 
 pub use ballast_contract::duration;

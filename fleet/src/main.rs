@@ -29,6 +29,8 @@ enum Command {
     Agents(AgentsArgs),
     /// Write a demo CA and server certificate (ca.crt, tls.crt, tls.key).
     Certs(CertsArgs),
+    /// Replay the incident or another event on simulated agents, every strategy side by side.
+    Simulate(ballast_fleet::simulate::cli::SimulateArgs),
 }
 
 #[derive(Args)]
@@ -131,6 +133,7 @@ async fn main() -> Result<()> {
         Command::Gateway(args) => gateway(args).await,
         Command::Agents(args) => agents(args).await,
         Command::Certs(args) => certs(args),
+        Command::Simulate(args) => ballast_fleet::simulate::cli::main(args),
     }
 }
 
