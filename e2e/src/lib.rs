@@ -11,6 +11,10 @@
 //! (atomic-writer volumes), [`processes`] (spawn/signal by PID in a private mount namespace),
 //! [`probes`], [`pods`] (one pod's lifecycle and status), [`podips`], [`node`] (Node, Lease,
 //! heartbeat), [`kubelet`] (the watch loop), [`endpoints`].
+//!
+//! It must never fake what it cannot do: a pod feature it does not implement (subPath, exec
+//! probes, native sidecars) is reported as an error, never silently skipped; and it only ever
+//! signals processes it started, by their PID.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 

@@ -14,6 +14,10 @@
 //!   side by side for today's tools and for Ballast, running `ballast-planner` itself.
 //! - [`duration`] is the one duration grammar (`500ms`, `10s`, `5m`) the CLI accepts,
 //!   re-exported from `ballast-contract` so every crate and the CRD agree on it.
+//!
+//! It must never be a runtime dependency of the sidecar or the operator (only their tests use
+//! it), send traffic anywhere but the addresses it is given (loopback in every test), or keep a
+//! copy of the planner's logic: the simulator calls `ballast-planner` itself.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 

@@ -11,6 +11,10 @@
 //! [`crd`] holds the resource's types; their doc comments are what `kubectl explain` shows.
 //! [`reports`] reads the sidecars' `/status`; [`metrics`] exports the operator's figures;
 //! [`leader`] keeps a second replica idle until the first one is gone.
+//!
+//! It must never be what drops an agent: it depends on neither the sidecar nor the data
+//! plane's health (what it shares with the sidecar is `ballast-contract` and `ballast-certs`),
+//! and decisions about moving connections belong to `ballast-planner`, not to this crate.
 
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
