@@ -4,7 +4,9 @@
 //!
 //! - the wire contract between them: the body of the sidecar's `GET /status` ([`Status`] and
 //!   its parts), the body of `POST /drain` ([`DrainRequest`]) and the drain progress both
-//!   answer with ([`DrainProgress`]), under one [`PROTOCOL_VERSION`];
+//!   answer with ([`DrainProgress`]), and the report channel — the sidecar's [`Report`] and
+//!   the operator's [`Answer`] with its [`Directives`] ([`report`]) — under one
+//!   [`PROTOCOL_VERSION`];
 //! - [`pacing`]: the one rule for spreading a drain's closes over its window;
 //! - [`duration`]: the one duration grammar (`500ms`, `10s`, `1h30m`) of every flag, every
 //!   crate and the CRD, with the schema pattern that accepts exactly it;
@@ -21,9 +23,11 @@ pub mod clock;
 pub mod drain;
 pub mod duration;
 pub mod pacing;
+pub mod report;
 pub mod status;
 
 pub use drain::{AllKeyword, DrainProgress, DrainRequest, DrainSize};
+pub use report::{Answer, Directives, DrainDirective, Report};
 pub use status::{CertificateStatus, Counters, Limits, Status, UpstreamStatus};
 
 /// Version of the sidecar↔operator wire contract, sent as `Status::protocol_version`.

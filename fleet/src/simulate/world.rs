@@ -12,6 +12,9 @@
 //! run is a function of its configuration and seed.
 
 use std::collections::VecDeque;
+use std::time::Duration;
+
+use ballast_contract::pacing::close_offset;
 
 use super::config::{Arrival, Balancer, SimConfig};
 
@@ -77,12 +80,12 @@ pub struct PodSecond {
     pub max_wait: f64,
 }
 
-/// A drain in progress, paced as the sidecar paces it: close i of n at i/n of the window.
+/// A drain in progress, paced as the sidecar paces it (`ballast_contract::pacing`).
 #[derive(Debug)]
 struct Drain {
     target: u64,
     done: u64,
-    window: f64,
+    window: Duration,
     steps: u64,
 }
 
@@ -522,7 +525,7 @@ impl World {
         self.pods[p].drain = (n > 0).then(|| Drain {
             target: n,
             done: 0,
-            window: seconds.max(DT),
+            window: Duration::from_secs_f64(seconds.max(0.0)),
             steps: 0,
         });
     }
@@ -537,13 +540,14 @@ impl World {
             let Some(d) = self.pods[p].drain.as_mut() else {
                 continue;
             };
-            // Closes whose instant i·window/n falls before the end of this step.
+            // The closes whose instant falls before the end of this step.
             d.steps += 1;
-            let until = d.steps as f64 * DT;
-            let due_total =
-                ((until * d.target as f64 / d.window - 1e-9).ceil() as u64).min(d.target);
-            let due = due_total.saturating_sub(d.done);
-            d.done = due_total;
+            let until = Duration::from_secs_f64(d.steps as f64 * DT);
+            let (n, start) = (d.target as usize, d.done);
+            while d.done < d.target && close_offset(d.done as usize, n, d.window) < until {
+                d.done += 1;
+            }
+            let due = d.done - start;
             if d.done >= d.target {
                 self.pods[p].drain = None;
             }

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+use ballast_contract::pacing::close_offset;
 use ballast_planner::{plan, Action, Observation, Plan, PodObservation, PodReport, Spec, State};
 
 #[derive(Debug, Clone)]
@@ -123,8 +124,10 @@ impl Model {
                     pod.connections -= n;
                     pod.older = pod.older.saturating_sub(n);
                     self.reconnecting += n;
-                    for i in 0..*connections {
-                        let offset = over_seconds * i as f64 / *connections as f64;
+                    let window = std::time::Duration::from_secs_f64(*over_seconds);
+                    let n = *connections as usize;
+                    for i in 0..n {
+                        let offset = close_offset(i, n, window).as_secs_f64();
                         self.close_times.push((self.now + offset, p.budget));
                     }
                 }
