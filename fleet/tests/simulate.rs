@@ -203,37 +203,31 @@ fn the_command_prints_json_writes_plots_and_refuses_bad_input() {
     std::fs::remove_dir_all(&dir).ok();
 
     let yaml = std::env::temp_dir().join(format!("ballast-sim-{}.yaml", std::process::id()));
-    std::fs::write(&yaml, "scenario: scale-up\npods: 0\n").unwrap();
-    let out = Command::new(exe)
-        .args(["simulate", "--config"])
-        .arg(&yaml)
-        .output()
-        .unwrap();
+    let with_file = |contents: &str, extra: &[&str]| {
+        std::fs::write(&yaml, contents).unwrap();
+        Command::new(exe)
+            .arg("simulate")
+            .args(extra)
+            .arg("--config")
+            .arg(&yaml)
+            .output()
+            .unwrap()
+    };
+    let out = with_file("scenario: scale-up\npods: 0\n", &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pods must be 1 to 1000"), "{err}");
-    std::fs::write(&yaml, "scenario: scale-up\nagent: 5\n").unwrap();
-    let out = Command::new(exe)
-        .args(["simulate", "--config"])
-        .arg(&yaml)
-        .output()
-        .unwrap();
+    let out = with_file("scenario: scale-up\nagent: 5\n", &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("unknown field `agent`"),
         "a typo is an error: {err}"
     );
-    std::fs::write(
-        &yaml,
+    let out = with_file(
         "scenario: scale-up\nagents: 5000\npods: 3\npods_changed: 1\nduration: 200\n",
-    )
-    .unwrap();
-    let out = Command::new(exe)
-        .args(["simulate", "--print-config", "--config"])
-        .arg(&yaml)
-        .output()
-        .unwrap();
+        &["--print-config"],
+    );
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(

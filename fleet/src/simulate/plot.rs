@@ -11,6 +11,20 @@ use super::Run;
 const SIZE: (u32, u32) = (960, 480);
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
+/// A white canvas with a title, room for axis labels, the look every plot shares.
+fn frame<'a, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, plotters::coord::Shift>,
+    title: String,
+) -> ChartBuilder<'a, 'a, DB> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70);
+    builder
+}
+
 fn name(report: &ScenarioReport) -> String {
     format!("{:?}", report.scenario).to_lowercase()
 }
@@ -48,15 +62,11 @@ fn connections(file: &Path, report: &ScenarioReport, run: &Run, strategy: &str) 
         .max()
         .unwrap_or(1)
         .max(1);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{} — {strategy}: connections per pod", name(report)),
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..seconds, 0u32..(max + max / 10))?;
+    let mut chart = frame(
+        &root,
+        format!("{} — {strategy}: connections per pod", name(report)),
+    )
+    .build_cartesian_2d(0f64..seconds, 0u32..(max + max / 10))?;
     chart
         .configure_mesh()
         .x_desc("simulated seconds")
@@ -95,14 +105,7 @@ fn reconnects(file: &Path, report: &ScenarioReport, runs: &[Run]) -> Result<()> 
         .max()
         .unwrap_or(1)
         .max(1);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{} — reconnects per second", name(report)),
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
+    let mut chart = frame(&root, format!("{} — reconnects per second", name(report)))
         .build_cartesian_2d(0f64..seconds, 0u64..(max + max / 10))?;
     chart
         .configure_mesh()
@@ -151,19 +154,15 @@ fn gaps(file: &Path, report: &ScenarioReport, runs: &[Run]) -> Result<()> {
     let max = counts.iter().flatten().copied().max().unwrap_or(1).max(1);
     let root = SVGBackend::new(file, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!(
-                "{} — how long agents were disconnected (offline after {:.0} s)",
-                name(report),
-                report.offline_threshold_seconds
-            ),
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..(buckets as f64 * width), (1u64..max * 2).log_scale())?;
+    let mut chart = frame(
+        &root,
+        format!(
+            "{} — how long agents were disconnected (offline after {:.0} s)",
+            name(report),
+            report.offline_threshold_seconds
+        ),
+    )
+    .build_cartesian_2d(0f64..(buckets as f64 * width), (1u64..max * 2).log_scale())?;
     chart
         .configure_mesh()
         .x_desc("gap, seconds (5 s buckets; the last holds all longer)")
