@@ -117,7 +117,7 @@ pub fn plan(spec: &Spec, obs: &Observation, state: &State) -> Plan {
 
     // 1. In flight.
     st.in_flight.retain(|s| now - s.at < t.settle);
-    let in_flight = st.in_flight_at(now, t.settle);
+    let planned_recently = st.in_flight_at(now, t.settle);
 
     let fresh = |p: &PodObservation| -> Option<PodReport> {
         p.report
@@ -125,6 +125,14 @@ pub fn plan(spec: &Spec, obs: &Observation, state: &State) -> Plan {
             .filter(|r| now - r.at <= t.stale_after_intervals * t.interval)
     };
     let reports: Vec<Option<PodReport>> = obs.pods.iter().map(fresh).collect();
+    // In flight: what was held or in flight at the previous plan and is not held now, but
+    // never more than recent plans closed (organic departures are not ours to wait for).
+    let held_everywhere: u64 = reports.iter().flatten().map(|r| r.connections).sum();
+    let missing = st.last_total.map_or(planned_recently, |before| {
+        before.saturating_sub(held_everywhere)
+    });
+    let in_flight = planned_recently.min(missing);
+    st.last_total = Some(held_everywhere + in_flight);
     let capacity = |i: usize| {
         reports[i]
             .as_ref()
@@ -277,7 +285,12 @@ pub fn plan(spec: &Spec, obs: &Observation, state: &State) -> Plan {
         // k receivers can take k × (smallest deficit among them) without overshooting,
         // and k × their handshake rate per interval: take the k that moves the most.
         let per_pod = spec.max_handshakes_per_second_per_pod * t.interval;
+        // Agents still in flight land on whoever accepts now: the set must have room for
+        // them (k × smallest deficit ≥ in flight) whenever some set does.
+        let holds_in_flight = |k: usize| k as u64 * sorted[k - 1].1 >= in_flight;
+        let any_holds = (1..=sorted.len()).any(holds_in_flight);
         let best_k = (1..=sorted.len())
+            .filter(|&k| !any_holds || holds_in_flight(k))
             .max_by_key(|&k| {
                 let k64 = k as u64;
                 let handshakes = (k as f64 * per_pod - organic * t.interval).max(1.0) as u64;

@@ -35,10 +35,9 @@ pub struct Tuning {
     /// How often [`crate::plan`] runs, seconds. Drains are issued over this window and
     /// replaced by the next plan, so a directive that is not renewed lapses by itself.
     pub interval: f64,
-    /// A planned close counts as in flight (its agent not yet back) for this long, seconds.
+    /// A planned close may be in flight (its agent not yet back) for this long, seconds; how
+    /// many really are is what is missing from the pods' counts since the previous plan.
     /// Nothing is planned on top of in-flight closes that the accepting pods could not absorb.
-    /// One interval by default: a gracefully closed agent reconnects within a fraction of a
-    /// second, so by the next plan the previous interval's closes are back in the counts.
     pub settle: f64,
     /// Any pod whose handshake p99 is above this (seconds) halves the budget.
     pub latency_threshold: f64,
@@ -62,7 +61,7 @@ impl Default for Tuning {
     fn default() -> Self {
         Self {
             interval: 1.0,
-            settle: 1.0,
+            settle: 2.0,
             latency_threshold: 0.5,
             decrease_factor: 0.5,
             increase_fraction: 0.1,

@@ -20,6 +20,11 @@ pub struct State {
     /// these arrivals, which are not organic load.
     #[serde(default)]
     pub last_rate: f64,
+    /// Connections held or in flight at the previous plan. Agents are conserved between two
+    /// plans (but for organic arrivals and departures), so what is missing from the pods'
+    /// counts now is what is still reconnecting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_total: Option<u64>,
     /// A rolling restart under way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
