@@ -1,5 +1,5 @@
 # Everyday commands. `make demo` and `make test` are the two on the README's first screen.
-.PHONY: demo local-demo test lint fmt build bench bench-sim simulate tools
+.PHONY: demo local-demo test soak lint fmt build bench bench-sim simulate tools
 
 demo:            ## the system on a local Kubernetes control plane
 	scripts/demo.sh
@@ -7,8 +7,16 @@ demo:            ## the system on a local Kubernetes control plane
 local-demo:      ## sidecars and agents only, no cluster
 	scripts/local-demo.sh
 
+# Property tests draw their cases from this seed, so that a run is reproducible (set
+# PROPTEST_RNG_SEED to draw others); `make soak` draws many more from random seeds.
+PROPTEST_RNG_SEED ?= 1124
+export PROPTEST_RNG_SEED
+
 test: tools lint ## everything CI runs
 	cargo test --workspace --all-targets
+
+soak:            ## the planner's properties on 2,000 random cases each
+	env -u PROPTEST_RNG_SEED PROPTEST_CASES=2000 cargo test --release -p ballast-planner --test properties
 
 lint:
 	cargo fmt --all -- --check

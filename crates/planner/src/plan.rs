@@ -190,11 +190,18 @@ pub fn plan(spec: &Spec, obs: &Observation, state: &State) -> Plan {
     let returning: Vec<usize> = (0..obs.pods.len())
         .filter(|&i| matches!(roles[i], Role::Draining | Role::Restarting))
         .collect();
-    let serving_capacity: u64 = serving.iter().chain(&returning).map(|&i| capacity(i)).sum();
+    // Split exactly (largest remainder): targets that add up to more than there is would
+    // leave donors at their target while a receiver still lacks a few.
+    let sharing: Vec<usize> = serving.iter().chain(&returning).copied().collect();
+    let shares = proportional(
+        total,
+        &sharing.iter().map(|&i| capacity(i)).collect::<Vec<_>>(),
+    );
     let mut target = vec![0u64; obs.pods.len()];
-    for &i in &serving {
-        target[i] =
-            (total as u128 * capacity(i) as u128).div_ceil(serving_capacity.max(1) as u128) as u64;
+    for (&i, share) in sharing.iter().zip(shares) {
+        if roles[i] == Role::Serving {
+            target[i] = share;
+        }
     }
     let imbalance = imbalance_of(serving.iter().map(|&i| connections(i)));
 
