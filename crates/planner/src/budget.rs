@@ -10,29 +10,27 @@
 use crate::observe::PodReport;
 use crate::spec::Spec;
 
-/// What the budget was derived from, for status and Events.
+/// The budget in force and the most it may be now.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Budget {
     /// Reconnects per second in force.
     pub rate: f64,
     /// The most it may be now.
     pub ceiling: f64,
-    /// Spare handshakes per second of the accepting pods.
-    pub spare: f64,
-    /// Whether any pod reported trouble this interval.
-    pub trouble: bool,
 }
 
-/// Spare handshake capacity of `accepting` pods, given every pod's reports and the planned
-/// rate of the previous interval (whose arrivals the reported rates include).
-pub fn spare_capacity(
-    spec: &Spec,
-    accepting: usize,
-    reports: &[&PodReport],
+/// Handshakes per second the pods do for agents we did not move (arrivals, crashes): what
+/// they report less the planned rate of the previous interval, whose arrivals it includes.
+pub fn organic_rate<'a>(
+    reports: impl IntoIterator<Item = &'a PodReport>,
     last_planned_rate: f64,
 ) -> f64 {
-    let reported: f64 = reports.iter().map(|r| r.handshakes_per_second).sum();
-    let organic = (reported - last_planned_rate).max(0.0);
+    let reported: f64 = reports.into_iter().map(|r| r.handshakes_per_second).sum();
+    (reported - last_planned_rate).max(0.0)
+}
+
+/// Spare handshake capacity of `accepting` pods, which take the organic load too.
+pub fn spare_capacity(spec: &Spec, accepting: usize, organic: f64) -> f64 {
     (accepting as f64 * spec.max_handshakes_per_second_per_pod - organic).max(0.0)
 }
 
@@ -58,12 +56,7 @@ pub fn next(spec: &Spec, previous: Option<f64>, spare: f64, trouble: bool) -> Bu
         Some(prev) => prev + t.increase_fraction * ceiling,
     }
     .clamp(floor, ceiling);
-    Budget {
-        rate,
-        ceiling,
-        spare,
-        trouble,
-    }
+    Budget { rate, ceiling }
 }
 
 #[cfg(test)]
@@ -95,8 +88,13 @@ mod tests {
             ..Default::default()
         };
         // 3 pods × 500/s capacity; they see 900/s of which 600/s were our planned moves.
-        assert_eq!(spare_capacity(&spec, 3, &[&r, &r, &r], 600.0), 1_200.0);
-        assert_eq!(spare_capacity(&spec, 3, &[&r, &r, &r], 0.0), 600.0);
+        let organic = organic_rate([&r, &r, &r], 600.0);
+        assert_eq!(organic, 300.0);
+        assert_eq!(spare_capacity(&spec, 3, organic), 1_200.0);
+        assert_eq!(
+            spare_capacity(&spec, 3, organic_rate([&r, &r, &r], 0.0)),
+            600.0
+        );
     }
 
     #[test]

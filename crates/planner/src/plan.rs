@@ -266,13 +266,7 @@ pub fn plan(spec: &Spec, obs: &Observation, state: &State) -> Plan {
     let moving = !donors.is_empty();
     // Handshakes the pods do for agents that are not ours to move (new arrivals, crashes):
     // whoever accepts takes these too.
-    let organic = (reports
-        .iter()
-        .flatten()
-        .map(|r| r.handshakes_per_second)
-        .sum::<f64>()
-        - st.last_rate)
-        .max(0.0);
+    let organic = budget::organic_rate(reports.iter().flatten(), st.last_rate);
     let room = |i: usize| capacity(i).saturating_sub(connections(i));
     let candidates: Vec<usize> = serving
         .iter()
@@ -355,17 +349,18 @@ pub fn plan(spec: &Spec, obs: &Observation, state: &State) -> Plan {
     let room_for_moves = (accepting.len() as u64 * per_pod_room).saturating_sub(in_flight);
 
     // 6. The budget.
-    let all_reports: Vec<&PodReport> = reports.iter().flatten().collect();
     let accepting_serving = accepting
         .iter()
         .filter(|&&i| roles[i] == Role::Serving)
         .count();
-    let spare = budget::spare_capacity(spec, accepting_serving, &all_reports, st.last_rate);
-    let trouble = all_reports.iter().any(|r| budget::shows_trouble(spec, r));
+    let spare = budget::spare_capacity(spec, accepting_serving, organic);
+    let trouble = reports
+        .iter()
+        .flatten()
+        .any(|r| budget::shows_trouble(spec, r));
     let Budget {
         rate: budget_rate,
         ceiling,
-        ..
     } = budget::next(spec, st.budget, spare, trouble);
     st.budget = Some(budget_rate);
 

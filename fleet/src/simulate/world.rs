@@ -530,11 +530,6 @@ impl World {
         });
     }
 
-    /// Whether any pod still drains.
-    pub fn draining(&self) -> bool {
-        self.pods.iter().any(|p| p.drain.is_some())
-    }
-
     fn run_drains(&mut self) {
         for p in 0..self.pods.len() {
             let Some(d) = self.pods[p].drain.as_mut() else {
@@ -599,11 +594,11 @@ impl World {
         while self.lb_history.len() > 1 && self.lb_history[1].0 <= seen {
             self.lb_history.pop_front();
         }
-        let set = self.lb_history.front().map(|(_, s)| s.clone())?;
-        if set.is_empty() {
-            return None;
-        }
-        Some(self.pick_from(&set))
+        // Borrowed out and put back: this runs for every connection attempt.
+        let set = std::mem::take(&mut self.lb_history.front_mut()?.1);
+        let picked = (!set.is_empty()).then(|| self.pick_from(&set));
+        self.lb_history[0].1 = set;
+        picked
     }
 
     fn pick_from(&mut self, set: &[u16]) -> usize {
