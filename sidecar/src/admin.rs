@@ -1,8 +1,11 @@
 //! The admin HTTP API: probes, metrics, status, and drains.
 //!
 //! Reads are open (the kubelet probes, Prometheus scrapes). Mutations — starting or
-//! cancelling a drain — close agents' connections, so they answer only loopback callers, or,
-//! with `--admin-token-file`, only callers presenting that bearer token.
+//! cancelling a drain — close agents' connections, so with `--admin-token-file` (which the
+//! operator always mounts: inside a pod every container shares loopback, so loopback proves
+//! nothing) only callers presenting that bearer token pass; a standalone sidecar without one
+//! answers loopback callers only. This API is for people: the operator steers through the
+//! report channel (`operator_link`), never through here.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +26,7 @@ use ballast_contract::{
     PROTOCOL_VERSION,
 };
 
+use crate::drain::Origin;
 use crate::metrics::{CloseCause, Refusal};
 use crate::server::Shared;
 
@@ -63,6 +67,11 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Rep
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining: not accepting\n")
             } else if !shared.upstream_reachable() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "gateway unreachable\n")
+            } else if shared.directed.steered_away(std::time::Instant::now()) {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "steered away by the operator: serving established agents, not attracting new ones; lapses if the operator falls silent\n",
+                )
             } else {
                 text(StatusCode::OK, "ready\n")
             }
@@ -117,7 +126,9 @@ async fn start_drain(req: Request<Incoming>, shared: &Shared) -> Reply {
         Ok(w) => w,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
-    let progress: DrainProgress = shared.drainer.start(request.connections, window);
+    let progress: DrainProgress = shared
+        .drainer
+        .start(Origin::Admin, request.connections, window);
     json(StatusCode::ACCEPTED, &progress)
 }
 

@@ -87,6 +87,28 @@ pub struct Config {
     #[arg(long, env = "BALLAST_UPSTREAM_SOURCES", value_delimiter = ',')]
     pub upstream_sources: Vec<IpAddr>,
 
+    /// The operator's report endpoint, `host:port` (in a cluster, its Service's DNS name).
+    /// Without it the sidecar reports to no one and runs on its own limits alone.
+    #[arg(long, env = "BALLAST_OPERATOR")]
+    pub operator: Option<String>,
+
+    /// PEM bundle of the CA(s) the operator's serving certificate must chain to.
+    #[arg(long, env = "BALLAST_OPERATOR_CA", requires = "operator")]
+    pub operator_ca: Option<PathBuf>,
+
+    /// Name the operator's certificate must carry (default: the host of `--operator`).
+    #[arg(long, env = "BALLAST_OPERATOR_SERVER_NAME", requires = "operator")]
+    pub operator_server_name: Option<String>,
+
+    /// The pod's projected ServiceAccount token (audience `ballast.dev/report`), presented with
+    /// every report. Read on each report, so the kubelet's rotation is picked up.
+    #[arg(long, env = "BALLAST_OPERATOR_TOKEN_FILE", requires = "operator")]
+    pub operator_token_file: Option<PathBuf>,
+
+    /// How often a report is sent.
+    #[arg(long, env = "BALLAST_REPORT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub report_interval: Duration,
+
     /// Log format.
     #[arg(long, env = "BALLAST_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -137,6 +159,17 @@ mod tests {
         assert_eq!(c.admin, "0.0.0.0:9901".parse().unwrap());
         assert!(!c.proxy_protocol);
         assert!(c.upstream_sources.is_empty());
+        assert!(
+            c.operator.is_none(),
+            "reporting is opt-in: the data plane needs no operator"
+        );
+        assert_eq!(c.report_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn operator_options_need_the_operator() {
+        let err = with(&["--operator-ca", "ca.pem"]).unwrap_err();
+        assert!(err.to_string().contains("--operator"), "{err}");
     }
 
     #[test]

@@ -19,7 +19,19 @@ use ballast_contract::{DrainProgress, DrainSize};
 use crate::connections::Connections;
 use crate::metrics::Metrics;
 
+/// Who asked for a drain: only the operator's drains lapse with its directives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// SIGTERM's drain of everything.
+    Shutdown,
+    /// A person, through `POST /drain`.
+    Admin,
+    /// The operator's directive with this id.
+    Directive(u64),
+}
+
 struct Running {
+    origin: Origin,
     target: usize,
     closed: Arc<AtomicUsize>,
     over_seconds: f64,
@@ -56,7 +68,7 @@ impl Drainer {
     }
 
     /// Starts a drain, cancelling any running one, and says what it will do.
-    pub fn start(&self, size: DrainSize, window: Duration) -> DrainProgress {
+    pub fn start(&self, origin: Origin, size: DrainSize, window: Duration) -> DrainProgress {
         let order = self.connections.drain_order();
         let target = match size {
             DrainSize::Count(n) => n.min(order.len()),
@@ -72,6 +84,7 @@ impl Drainer {
             closed.clone(),
         ));
         let running = Running {
+            origin,
             target,
             closed,
             over_seconds: window.as_secs_f64(),
@@ -87,9 +100,34 @@ impl Drainer {
         tracing::info!(
             connections = target,
             over_seconds = window.as_secs_f64(),
+            ?origin,
             "drain started"
         );
         progress
+    }
+
+    /// Stops the running drain only if the operator started it (its directive lapsed); a
+    /// person's drain or the shutdown drain goes on.
+    pub fn cancel_directed(&self) -> Option<DrainProgress> {
+        let directed = {
+            let slot = self.running.lock().expect("drain lock");
+            slot.as_ref()
+                .is_some_and(|r| matches!(r.origin, Origin::Directive(_)) && !r.task.is_finished())
+        };
+        if directed {
+            self.cancel()
+        } else {
+            None
+        }
+    }
+
+    /// Who started the running drain, if one is running.
+    #[cfg(test)]
+    pub fn running_origin(&self) -> Option<Origin> {
+        let slot = self.running.lock().expect("drain lock");
+        slot.as_ref()
+            .filter(|r| !r.task.is_finished())
+            .map(|r| r.origin)
     }
 
     /// Stops the running drain; connections already closed stay closed.
@@ -158,7 +196,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let regs: Vec<_> = (0..10).map(|_| connections.register(1)).collect();
         let drainer = Drainer::new(connections.clone(), metrics.clone());
-        drainer.start(DrainSize::Count(4), Duration::from_secs(4));
+        drainer.start(Origin::Admin, DrainSize::Count(4), Duration::from_secs(4));
         let mut notified_at = Vec::new();
         let begin = Instant::now();
         for reg in &regs[..4] {
@@ -170,5 +208,29 @@ mod tests {
         let p = drainer.progress().unwrap();
         assert_eq!((p.closed, p.target, p.finished), (4, 4, true));
         assert_eq!(metrics.draining.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_operators_drains_lapse() {
+        let connections = Arc::new(Connections::default());
+        let metrics = Arc::new(Metrics::new());
+        let _regs: Vec<_> = (0..10).map(|_| connections.register(1)).collect();
+        let drainer = Drainer::new(connections.clone(), metrics.clone());
+        drainer.start(Origin::Admin, DrainSize::Count(4), Duration::from_secs(4));
+        assert!(
+            drainer.cancel_directed().is_none(),
+            "a person's drain goes on"
+        );
+        assert_eq!(drainer.running_origin(), Some(Origin::Admin));
+        drainer.start(
+            Origin::Directive(7),
+            DrainSize::Count(4),
+            Duration::from_secs(4),
+        );
+        let stopped = drainer
+            .cancel_directed()
+            .expect("the directive's drain stops");
+        assert!(stopped.closed < 4);
+        assert_eq!(drainer.running_origin(), None);
     }
 }

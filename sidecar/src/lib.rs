@@ -16,6 +16,9 @@
 //! - `drain`: closing N connections over a window at the pace of `ballast_contract::pacing`.
 //! - `admin` and `metrics`: `/healthz`, `/readyz`, `/metrics`, `/status`, `/drain`; the
 //!   bodies of `/status` and `/drain` are `ballast-contract`'s types.
+//! - `operator_link`: with `--operator`, a report every second over one authenticated HTTPS
+//!   connection; `recent` keeps the handshake figures of the current report.
+//! - `directives`: what the operator's answer asks (steer away, quota, drain), until it lapses.
 //!
 //! It never depends on the operator (nor the operator on it): what they share is
 //! `ballast-contract` (the wire contract, durations, clock) and `ballast-certs` (what may be
@@ -28,10 +31,13 @@ mod admin;
 mod admission;
 mod config;
 mod connections;
+mod directives;
 mod drain;
 mod metrics;
+mod operator_link;
 mod proxy;
 mod proxy_protocol;
+mod recent;
 mod server;
 mod tls;
 

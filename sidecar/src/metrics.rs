@@ -15,6 +15,8 @@ pub enum Refusal {
     HandshakeRate,
     ConcurrentHandshakes,
     NotAccepting,
+    /// Above the operator's admission quota (a directive), below the pod's own limits.
+    Quota,
 }
 
 impl Refusal {
@@ -24,13 +26,15 @@ impl Refusal {
             Self::HandshakeRate => "handshake_rate",
             Self::ConcurrentHandshakes => "concurrent_handshakes",
             Self::NotAccepting => "not_accepting",
+            Self::Quota => "quota",
         }
     }
-    pub const ALL: [Refusal; 4] = [
+    pub const ALL: [Refusal; 5] = [
         Self::MaxConnections,
         Self::HandshakeRate,
         Self::ConcurrentHandshakes,
         Self::NotAccepting,
+        Self::Quota,
     ];
 }
 
@@ -97,6 +101,10 @@ pub struct Metrics {
     pub handshakes_in_flight: Gauge,
     pub upstream_up: Gauge,
     pub upstream_connect_failures: Counter,
+    reports: Family<ResultLabel, Counter>,
+    pub directives_applied: Counter,
+    pub directive_lapses: Counter,
+    pub steered_away: Gauge,
 }
 
 impl Default for Metrics {
@@ -120,6 +128,10 @@ impl Metrics {
             handshakes_in_flight: Gauge::default(),
             upstream_up: Gauge::default(),
             upstream_connect_failures: Counter::default(),
+            reports: Family::default(),
+            directives_applied: Counter::default(),
+            directive_lapses: Counter::default(),
+            steered_away: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -177,6 +189,26 @@ impl Metrics {
             "Failed connections to the gateway",
             m.upstream_connect_failures.clone(),
         );
+        registry.register(
+            "reports",
+            "Reports sent to the operator, by result (answered, not_leader, refused, failed)",
+            m.reports.clone(),
+        );
+        registry.register(
+            "directives_applied",
+            "Operator directives applied (a new id)",
+            m.directives_applied.clone(),
+        );
+        registry.register(
+            "directive_lapses",
+            "Times the operator's directives lapsed because no answer renewed them",
+            m.directive_lapses.clone(),
+        );
+        registry.register(
+            "steered_away",
+            "1 while the operator's directive keeps new connections away (readiness fails)",
+            m.steered_away.clone(),
+        );
         // Pre-create every label value so dashboards see zeros rather than gaps.
         for r in Refusal::ALL {
             m.refused(r);
@@ -201,6 +233,11 @@ impl Metrics {
                 cause: cause.as_str(),
             })
             .clone()
+    }
+
+    /// `result`: `answered`, `not_leader`, `refused` or `failed`.
+    pub fn report(&self, result: &'static str) -> Counter {
+        self.reports.get_or_create(&ResultLabel { result }).clone()
     }
 
     /// `result` is `success` or a [`ballast_certs::CertificateError::metric_label`].

@@ -48,18 +48,20 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut ti
         Err(_) => {
             tracing::debug!(%peer, "handshake timed out; connection cut");
             metrics.closed(CloseCause::Timeout).inc();
+            shared.handshakes.failed();
             return;
         }
         Ok(Err(err)) => {
             tracing::debug!(%peer, error = %err, "handshake failed; connection cut");
             metrics.closed(CloseCause::Error).inc();
+            shared.handshakes.failed();
             return;
         }
         Ok(Ok(stream)) => stream,
     };
-    metrics
-        .handshake_seconds
-        .observe(started.elapsed().as_secs_f64());
+    let handshake_seconds = started.elapsed().as_secs_f64();
+    metrics.handshake_seconds.observe(handshake_seconds);
+    shared.handshakes.completed(handshake_seconds);
     metrics.accepted.inc();
 
     let upstream = match dial_upstream(&shared, peer, local).await {

@@ -1,8 +1,9 @@
 //! The sidecar's lifecycle: bind, accept under admission control, reload certificates, serve
 //! the admin API, and on SIGTERM go lame duck and drain.
 //!
-//! Nothing here talks to the operator. The data plane runs on its own limits and its mounted
-//! Secret; the operator may steer it through the admin API, but its absence changes nothing.
+//! The data plane runs on its own limits and its mounted Secret. With `--operator`, a
+//! separate task reports to the operator and applies its directives (`operator_link`,
+//! `directives`); those lapse by themselves, so the operator's absence changes nothing here.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,10 +18,15 @@ use tokio::sync::watch;
 use crate::admission::Admission;
 use crate::config::Config;
 use crate::connections::Connections;
-use crate::drain::Drainer;
+use crate::directives::Directed;
+use crate::drain::{Drainer, Origin};
 use crate::metrics::{Metrics, Refusal};
+use crate::recent::RecentHandshakes;
 use crate::tls::TlsState;
-use crate::{admin, proxy};
+use crate::{admin, operator_link, proxy};
+
+/// How often directives are checked for expiry: a lapse takes effect within this much.
+const LAPSE_CHECK: Duration = Duration::from_millis(250);
 
 /// Everything the accept loop, the connections and the admin API share.
 pub struct Shared {
@@ -35,6 +41,10 @@ pub struct Shared {
     pub admission: Admission,
     pub connections: Arc<Connections>,
     pub drainer: Drainer,
+    /// The operator's directives in force (none without `--operator`).
+    pub directed: Directed,
+    /// Handshakes since the last report.
+    pub handshakes: RecentHandshakes,
     pub metrics: Arc<Metrics>,
     pub config: Config,
     upstream_reachable: AtomicBool,
@@ -63,6 +73,8 @@ impl Shared {
                 config.max_concurrent_handshakes,
             ),
             drainer: Drainer::new(connections.clone(), metrics.clone()),
+            directed: Directed::default(),
+            handshakes: RecentHandshakes::default(),
             connections,
             metrics,
             config,
@@ -99,9 +111,10 @@ impl Shared {
         self.accepting.load(Ordering::Relaxed)
     }
 
-    /// Ready to receive agents: accepting and the gateway answers.
+    /// Ready to receive agents: accepting, the gateway answers, and the operator is not
+    /// steering new connections away.
     pub fn ready(&self) -> bool {
-        self.accepting() && self.upstream_reachable()
+        self.accepting() && self.upstream_reachable() && !self.directed.steered_away(Instant::now())
     }
 }
 
@@ -121,6 +134,7 @@ pub fn bind_listener(addr: SocketAddr, backlog: u32) -> anyhow::Result<TcpListen
 
 /// Runs the sidecar until SIGTERM/SIGINT has been handled and every connection drained.
 pub async fn run(config: Config, tls: Arc<TlsState>) -> anyhow::Result<()> {
+    let link = operator_link::Link::from_config(&config).context("--operator")?;
     let metrics = Arc::new(Metrics::new());
     let listener = bind_listener(config.listen, config.listen_backlog)?;
     let admin_listener = TcpListener::bind(config.admin)
@@ -140,6 +154,8 @@ pub async fn run(config: Config, tls: Arc<TlsState>) -> anyhow::Result<()> {
     let watcher = tokio::spawn(tls.watch(metrics.clone(), reload_interval));
     let prober = tokio::spawn(probe_upstream(shared.clone()));
     tokio::spawn(admin::serve(admin_listener, shared.clone()));
+    let lapses = tokio::spawn(lapse_directives(shared.clone()));
+    let reporter = link.map(|link| tokio::spawn(operator_link::run(link, shared.clone())));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let acceptor = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
@@ -153,7 +169,10 @@ pub async fn run(config: Config, tls: Arc<TlsState>) -> anyhow::Result<()> {
     shared.accepting.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     let _ = acceptor.await;
-    shared.drainer.start(DrainSize::ALL, shutdown_drain);
+    // The shutdown drain replaces any other; the pod keeps reporting while it runs.
+    shared
+        .drainer
+        .start(Origin::Shutdown, DrainSize::ALL, shutdown_drain);
     // The drain paces the closes; allow a little more for the last closes to complete.
     let deadline = Instant::now() + shutdown_drain + Duration::from_secs(5);
     while !shared.connections.is_empty() && Instant::now() < deadline {
@@ -170,6 +189,10 @@ pub async fn run(config: Config, tls: Arc<TlsState>) -> anyhow::Result<()> {
     }
     watcher.abort();
     prober.abort();
+    lapses.abort();
+    if let Some(reporter) = reporter {
+        reporter.abort();
+    }
     Ok(())
 }
 
@@ -204,7 +227,12 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
             shared.metrics.refused(Refusal::NotAccepting).inc();
             continue;
         }
-        match shared.admission.admit(Instant::now()) {
+        let now = Instant::now();
+        if !shared.directed.admit(now) {
+            shared.metrics.refused(Refusal::Quota).inc();
+            continue;
+        }
+        match shared.admission.admit(now) {
             Ok(ticket) => {
                 tokio::spawn(proxy::serve(shared.clone(), tcp, peer, ticket));
             }
@@ -214,6 +242,18 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                 drop(tcp);
             }
         }
+    }
+}
+
+/// Lets the operator's directives go when nothing renewed them, whatever the report task is
+/// doing (it may be stuck connecting to an operator that is gone).
+async fn lapse_directives(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(LAPSE_CHECK);
+    loop {
+        tick.tick().await;
+        shared
+            .directed
+            .lapse_if_expired(Instant::now(), &shared.drainer, &shared.metrics);
     }
 }
 

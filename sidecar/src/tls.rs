@@ -67,8 +67,8 @@ impl ResolvesServerCert for SingleCert {
 pub enum StartupError {
     #[error("the initial certificate is not usable: {0}")]
     Certificate(#[from] CertificateError),
-    #[error("client CA bundle {path}: {detail}")]
-    ClientCa { path: String, detail: String },
+    #[error("CA bundle {path}: {detail}")]
+    CaBundle { path: String, detail: String },
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -216,7 +216,7 @@ fn build(
             let verifier =
                 WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
                     .build()
-                    .map_err(|e| StartupError::ClientCa {
+                    .map_err(|e| StartupError::CaBundle {
                         path: "(client CA)".into(),
                         detail: e.to_string(),
                     })?;
@@ -232,8 +232,9 @@ fn build(
     })
 }
 
-fn load_roots(path: &std::path::Path) -> Result<RootCertStore, StartupError> {
-    let err = |detail: String| StartupError::ClientCa {
+/// The CAs of a PEM bundle (clients' CA for mutual TLS, the operator's CA for reports).
+pub(crate) fn load_roots(path: &std::path::Path) -> Result<RootCertStore, StartupError> {
+    let err = |detail: String| StartupError::CaBundle {
         path: path.display().to_string(),
         detail,
     };

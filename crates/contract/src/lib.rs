@@ -27,7 +27,7 @@ pub mod report;
 pub mod status;
 
 pub use drain::{AllKeyword, DrainProgress, DrainRequest, DrainSize};
-pub use report::{Answer, Directives, DrainDirective, Report};
+pub use report::{Answer, Directives, DrainDirective, Report, REPORT_PATH, TOKEN_AUDIENCE};
 pub use status::{CertificateStatus, Counters, Limits, Status, UpstreamStatus};
 
 /// Version of the sidecar↔operator wire contract, sent as `Status::protocol_version`.

@@ -14,6 +14,14 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// Where a sidecar POSTs its [`Report`] (JSON, `Authorization: Bearer <token>`); the answer
+/// is an [`Answer`] (200), or `{"error": ...}` with 401/403 when the caller is refused.
+pub const REPORT_PATH: &str = "/v1/report";
+
+/// The audience a sidecar's projected ServiceAccount token is minted for, and the only one
+/// the operator accepts: a token meant for the API server, or for anyone else, is refused.
+pub const TOKEN_AUDIENCE: &str = "ballast.dev/report";
+
 /// A sidecar's account of itself, sent every second. Who sent it is not in the body: the
 /// operator takes the pod from the caller's ServiceAccount token, never from what a pod says.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -29,11 +37,18 @@ pub struct Report {
     pub connections: ConnectionCounts,
     /// New connections are admitted (not lame-duck, not steered away).
     pub accepting: bool,
+    /// SIGTERM received: the pod is going, its readiness fails for good, its drain runs.
+    pub terminating: bool,
+    /// The gateway container answers; without it the pod serves no one.
+    pub upstream_reachable: bool,
+    /// The operator's directives keep new connections away (readiness fails until they lapse).
+    pub steered_away: bool,
     /// The drain in progress, if any.
     pub draining: Option<crate::DrainProgress>,
     pub handshakes: Handshakes,
     /// Connections refused since the previous report, by reason (`max_connections`,
-    /// `handshake_rate`, `concurrent_handshakes`, `not_accepting`, `quota`).
+    /// `handshake_rate`, `concurrent_handshakes`, `not_accepting`, `quota`). Deltas, so a
+    /// lost report loses only its own second, never a running total.
     pub refused: BTreeMap<String, u64>,
     /// Connections closed since the previous report, by cause (`drain`, `client`, `upstream`,
     /// `timeout`, `error`).
@@ -178,6 +193,9 @@ mod tests {
                 on_older_certificate: 500,
             },
             accepting: true,
+            terminating: false,
+            upstream_reachable: true,
+            steered_away: false,
             draining: None,
             handshakes: Handshakes {
                 per_second: 12.5,
