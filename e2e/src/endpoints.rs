@@ -13,15 +13,24 @@
 //! Service's selector and its pods (podIP, `Ready` condition, `deletionTimestamp`, named
 //! target ports), and says so in [`Resolution::source`]. On a cluster with routable pod IPs
 //! (kind, k3d) the slices are used unchanged.
+//!
+//! **Following a Service.** [`follow`] keeps a fleet's [`Targets`] equal to the Service's
+//! usable endpoints as they change, so agents see readiness steering, new pods and restarted
+//! pods the way clients behind kube-proxy do, with a comparable delay.
+//!
+//! It only ever reads from the API server: it never writes an object, and never touches a
+//! connection (moving agents is the fleet's and the server's business, not the resolver's).
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
-use ballast_fleet::agents::Rng;
+use ballast_fleet::agents::{Rng, Targets};
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ListParams;
 use kube::{Api, Client};
+use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 
@@ -159,6 +168,110 @@ pub async fn targets(
     Ok(t)
 }
 
+/// How often [`follow`] re-resolves by default: well under the sidecar's 2 s readiness period,
+/// so polling adds at most a quarter to the propagation delay.
+pub const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+
+/// Keeps a [`Targets`] equal to a Service's usable endpoints; stops when dropped.
+#[must_use = "the endpoints are followed only while this lives"]
+pub struct Follower {
+    task: JoinHandle<()>,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Resolves `service`'s port `port_name` now, then again every `every` (use [`FOLLOW_EVERY`]),
+/// and keeps the returned [`Targets`] equal to its usable endpoints (see [`usable`]) until the
+/// [`Follower`] is dropped. Pass the `Targets` to `FleetConfig::new`.
+///
+/// The first resolution's error is returned, so a wrong Service or port name fails at once;
+/// it may still find no usable endpoint, and the list then starts empty. A later failed
+/// resolution keeps the last list and logs a warning, as kube-proxy keeps its rules while
+/// the API server is unreachable. Changes are logged at debug level.
+///
+/// **Propagation delay.** A pod whose readiness fails leaves the list after up to its
+/// readiness probe's period (the operator's sidecar probe runs every 2 s with
+/// failureThreshold 1) + the kubelet's status write (within 250 ms on the process kubelet) +
+/// this poll (`every`, 500 ms by default): about 2.5–3 s at worst, ~1.5 s on average. A new or
+/// restarted pod joins after the same chain. Behind a real kube-proxy the EndpointSlice
+/// controller's update and kube-proxy's own sync add to it (iptables `--iptables-min-sync-period`
+/// is 1 s by default), so a real cluster is somewhat slower than this, not faster.
+pub async fn follow(
+    client: Client,
+    namespace: &str,
+    service: &str,
+    port_name: Option<&str>,
+    every: Duration,
+) -> Result<(Targets, Follower)> {
+    let first = resolve(&client, namespace, service, port_name).await?;
+    let targets = Targets::fixed(addresses(&first));
+    tracing::debug!(
+        namespace,
+        service,
+        source = ?first.source,
+        targets = ?targets.snapshot(),
+        "following service endpoints"
+    );
+    let (namespace, service) = (namespace.to_owned(), service.to_owned());
+    let port_name = port_name.map(str::to_owned);
+    let shared = targets.clone();
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        // A slow API server delays the next poll instead of causing a burst of them.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match resolve(&client, &namespace, &service, port_name.as_deref()).await {
+                Ok(now) => {
+                    let before = shared.snapshot();
+                    let now = addresses(&now);
+                    if shared.set(now.clone()) {
+                        let (joined, left) = difference(&before, &now);
+                        tracing::debug!(
+                            namespace, service, ?joined, ?left, targets = ?now,
+                            "service endpoints changed"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    namespace, service, error = %e,
+                    "resolving service endpoints failed; keeping the last ones"
+                ),
+            }
+        }
+    });
+    Ok((targets, Follower { task }))
+}
+
+/// The usable addresses in a stable order, so an unchanged Service never counts as a change
+/// however the API server orders its lists.
+fn addresses(resolution: &Resolution) -> Vec<SocketAddr> {
+    let mut addrs = resolution.targets();
+    addrs.sort();
+    addrs.dedup();
+    addrs
+}
+
+/// Addresses in `now` but not in `before`, and in `before` but not in `now`.
+fn difference(before: &[SocketAddr], now: &[SocketAddr]) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+    let joined = now
+        .iter()
+        .filter(|a| !before.contains(a))
+        .copied()
+        .collect();
+    let left = before
+        .iter()
+        .filter(|a| !now.contains(a))
+        .copied()
+        .collect();
+    (joined, left)
+}
+
 fn find_port<'a>(ports: &'a [ServicePort], name: Option<&str>) -> Option<&'a ServicePort> {
     match name {
         Some(n) => ports.iter().find(|p| p.name.as_deref() == Some(n)),
@@ -288,6 +401,27 @@ mod tests {
         }
         assert_eq!(seen.len(), 2, "{seen:?}");
         assert!(seen.values().all(|&n| n > 200), "{seen:?}");
+    }
+
+    #[test]
+    fn followed_addresses_are_usable_sorted_and_unique() {
+        let mut same_pod_twice = ep(3, true, true, false);
+        same_pod_twice.pod = Some("gw-3".into());
+        let r = Resolution {
+            endpoints: vec![
+                ep(4, true, true, false),
+                ep(3, true, true, false),
+                ep(5, false, true, true),
+                same_pod_twice,
+            ],
+            source: Source::PodSelector,
+        };
+        let a = |last| SocketAddr::from(([127, 1, 0, last], 8443));
+        assert_eq!(addresses(&r), vec![a(3), a(4)]);
+        assert_eq!(
+            difference(&[a(3), a(4)], &[a(4), a(6)]),
+            (vec![a(6)], vec![a(3)])
+        );
     }
 
     #[test]

@@ -27,7 +27,8 @@ pub struct FleetSummary {
     pub graceful_closes: u64,
     /// Losses without close_notify: reset, bare EOF, dead heartbeat, protocol error.
     pub abrupt_closes: u64,
-    /// Failed connection attempts by kind: `connect`, `tls`, `timeout`, `protocol`.
+    /// Failed connection attempts by kind: `connect`, `tls`, `timeout`, `protocol`, and
+    /// `no_target` (the target list was empty: no endpoint to try).
     pub handshake_failures: BTreeMap<String, u64>,
     /// Agents disconnected longer than the offline threshold at least once (including
     /// agents still disconnected that long when the fleet stopped).

@@ -3,10 +3,11 @@
 //! checked against closes we cause ourselves.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ballast_fleet::agents::{Fleet, FleetConfig, LiveStats};
+use ballast_fleet::agents::{Fleet, FleetConfig, LiveStats, Targets};
 use ballast_fleet::certs::{Ca, IssuedCert, Validity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -29,6 +30,8 @@ enum Kill {
 struct Terminator {
     addr: SocketAddr,
     open: Arc<Mutex<Vec<oneshot::Sender<Kill>>>>,
+    /// TCP connections accepted so far, handshake or not.
+    accepted: Arc<AtomicUsize>,
 }
 
 impl Terminator {
@@ -37,12 +40,15 @@ impl Terminator {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let open: Arc<Mutex<Vec<oneshot::Sender<Kill>>>> = Arc::default();
+        let accepted = Arc::new(AtomicUsize::new(0));
         let registry = open.clone();
+        let counter = accepted.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                counter.fetch_add(1, Relaxed);
                 let acceptor = acceptor.clone();
                 let registry = registry.clone();
                 tokio::spawn(async move {
@@ -71,7 +77,11 @@ impl Terminator {
                 });
             }
         });
-        Terminator { addr, open }
+        Terminator {
+            addr,
+            open,
+            accepted,
+        }
     }
 
     /// Closes up to `n` live connections; returns how many it closed.
@@ -201,6 +211,77 @@ async fn abrupt_closes_are_told_apart_from_graceful_ones() {
     assert_eq!(summary.graceful_closes, 0, "{summary:#?}");
     assert_eq!(summary.abrupt_close_times_seconds.len(), 5);
     assert_eq!(summary.reconnects, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_target_list_steers_new_connections_only() {
+    let (ca, cert) = pki(Validity::Current);
+    let a = Terminator::start(&cert, start_gateway("pod-a").await).await;
+    let b = Terminator::start(&cert, start_gateway("pod-b").await).await;
+    let (a_name, b_name) = (a.addr.to_string(), b.addr.to_string());
+    let targets = Targets::fixed(vec![a.addr]);
+    let mut config = FleetConfig::new(targets.clone(), 20, ca.cert_pem());
+    config.heartbeat = HEARTBEAT;
+    let fleet = Fleet::start(config).unwrap();
+    fleet
+        .wait_connected(20, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(a.accepted.load(Relaxed), 20);
+
+    // A leaves the list (its readiness failed, say) and B joins: nothing moves by itself.
+    assert!(targets.set(vec![b.addr]));
+    let stats = fleet.stats();
+    assert_eq!(stats.per_target[&a_name], 20, "{stats:?}");
+    assert_eq!(stats.per_target[&b_name], 0, "{stats:?}");
+
+    // A drains; every reconnect must land on B, and A must see no new connection.
+    assert_eq!(a.close(20, Kill::Graceful), 20);
+    wait_for(&fleet, "all 20 agents reconnected to B", |s| {
+        s.graceful_closes == 20 && s.connected == 20 && s.per_target.get(&b_name) == Some(&20)
+    })
+    .await;
+    let stats = fleet.stats();
+    // A holds nothing and is no longer a target, so it is no longer listed.
+    assert!(!stats.per_target.contains_key(&a_name), "{stats:?}");
+    assert_eq!(a.accepted.load(Relaxed), 20);
+    assert_eq!(b.accepted.load(Relaxed), 20);
+    let summary = fleet.stop().await;
+    assert_eq!(summary.total_handshake_failures(), 0, "{summary:#?}");
+    assert_eq!(summary.reconnects, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_target_list_counts_no_target_until_it_fills() {
+    let (ca, cert) = pki(Validity::Current);
+    let terminator = Terminator::start(&cert, start_gateway("pod-0").await).await;
+    let targets = Targets::fixed(vec![]);
+    let mut config = FleetConfig::new(targets.clone(), 5, ca.cert_pem());
+    config.backoff_base = Duration::from_millis(20);
+    config.backoff_cap = Duration::from_millis(100);
+    let fleet = Fleet::start(config).unwrap();
+    wait_for(&fleet, "no_target failures", |s| s.handshake_failures >= 10).await;
+    assert_eq!(fleet.stats().connected, 0);
+
+    targets.set(vec![terminator.addr]);
+    fleet
+        .wait_connected(5, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let summary = fleet.stop().await;
+    let no_target = summary.handshake_failures["no_target"];
+    assert!(no_target >= 10, "{summary:#?}");
+    // Each empty attempt waits 100 ms first: an agent cannot fail more than ~10 times a second.
+    assert!(
+        no_target <= 5 * 10 * (summary.duration_seconds.ceil() as u64 + 1),
+        "{summary:#?}"
+    );
+    assert_eq!(
+        summary.total_handshake_failures(),
+        no_target,
+        "{summary:#?}"
+    );
+    assert_eq!(summary.connected_at_end, 5);
 }
 
 /// A gateway that welcomes agents and then never answers a PING.

@@ -2,13 +2,15 @@
 //!
 //! The agent behaves like the field devices Ballast exists for: a close_notify from the server
 //! is a planned close and it reconnects at once; anything else is a failure and it backs off
-//! with full jitter. Each agent keeps its state in its own task and touches shared state only
+//! with full jitter. Every attempt picks its target from the fleet's [`Targets`] as they are at
+//! that moment, so a changed list steers the next attempts and never an established
+//! connection. Each agent keeps its state in its own task and touches shared state only
 //! through the [`Tally`](super::tally::Tally), so 50 000 of them cost a task and a TLS session
 //! each, with no per-agent buffers beyond a few hundred bytes.
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +24,7 @@ use tokio_rustls::TlsConnector;
 
 use super::backoff::{backoff_delay, Rng};
 use super::tally::{Close, FailureKind, Tally};
-use super::FleetConfig;
+use super::{FleetConfig, Targets};
 use crate::certs::sha256_hex;
 
 /// Longest line an agent accepts from the gateway.
@@ -33,21 +35,25 @@ const MISSED_PONGS_FATAL: u32 = 3;
 const GRACEFUL_JITTER: Duration = Duration::from_millis(50);
 /// How long a polite close_notify of ours may take before we just drop the socket.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an attempt waits for an empty target list to fill before it counts as a
+/// `no_target` failure: long enough to ride out a Service whose endpoints are replaced at once,
+/// short enough that a Service with none shows up in the live stats within a second.
+const NO_TARGET_WAIT: Duration = Duration::from_millis(100);
 
 /// What every agent shares: configuration, TLS client and ledger.
 pub struct Context {
     pub config: FleetConfig,
     pub connector: TlsConnector,
     pub server_name: ServerName<'static>,
-    /// Local addresses to bind from; empty means let the kernel choose.
-    pub source_ips: Vec<std::net::IpAddr>,
+    /// Sources to bind to for targets on loopback when `config.source_ips` is empty.
+    pub loopback_source_ips: Vec<IpAddr>,
     pub tally: Arc<Tally>,
 }
 
 /// An established connection, after WELCOME.
 struct Session {
     tls: TlsStream<TcpStream>,
-    target: usize,
+    target: SocketAddr,
     fingerprint: String,
     lines: Lines,
 }
@@ -70,14 +76,24 @@ pub async fn run(
     if !pause(start_delay, &mut stop).await {
         return;
     }
-    let targets = ctx.config.targets.len();
-    let mut target = id % targets;
+    let mut first = true;
     let mut attempt: u32 = 0;
     loop {
-        let established = tokio::select! {
-            biased;
-            _ = stopped(&mut stop) => return,
-            r = timeout(ctx.config.connect_timeout, establish(&ctx, id, target)) => r,
+        let mut target = choose(&ctx.config.targets, id, first, &mut rng);
+        if target.is_none() {
+            if !pause(NO_TARGET_WAIT, &mut stop).await {
+                return;
+            }
+            target = choose(&ctx.config.targets, id, first, &mut rng);
+        }
+        first = false;
+        let established = match target {
+            None => Ok(Err(FailureKind::NoTarget)),
+            Some(addr) => tokio::select! {
+                biased;
+                _ = stopped(&mut stop) => return,
+                r = timeout(ctx.config.connect_timeout, establish(&ctx, id, addr)) => r,
+            },
         };
         let mut session = match established {
             Ok(Ok(session)) => session,
@@ -98,7 +114,6 @@ pub async fn run(
                 if !pause(delay, &mut stop).await {
                     return;
                 }
-                target = rng.below(targets as u64) as usize;
                 continue;
             }
         };
@@ -130,14 +145,27 @@ pub async fn run(
         if !pause(delay, &mut stop).await {
             return;
         }
-        // Like a load balancer: each reconnect may land on any target.
-        target = rng.below(targets as u64) as usize;
     }
 }
 
+/// Where the next attempt goes, from the list as it is now: an agent's first attempt takes
+/// `targets[id % len]` so a fleet starts evenly spread; every later one picks at random, as
+/// kube-proxy does per connection. None when the list is empty.
+fn choose(targets: &Targets, id: usize, first: bool, rng: &mut Rng) -> Option<SocketAddr> {
+    let now = targets.snapshot();
+    if now.is_empty() {
+        return None;
+    }
+    let i = if first {
+        id % now.len()
+    } else {
+        rng.below(now.len() as u64) as usize
+    };
+    Some(now[i])
+}
+
 /// Connect, handshake, HELLO → WELCOME. Errors say which step failed.
-async fn establish(ctx: &Context, id: usize, target: usize) -> Result<Session, FailureKind> {
-    let addr = ctx.config.targets[target];
+async fn establish(ctx: &Context, id: usize, addr: SocketAddr) -> Result<Session, FailureKind> {
     let tcp = connect_tcp(ctx, id, addr)
         .await
         .map_err(|_| FailureKind::Connect)?;
@@ -177,7 +205,7 @@ async fn establish(ctx: &Context, id: usize, target: usize) -> Result<Session, F
     }
     Ok(Session {
         tls,
-        target,
+        target: addr,
         fingerprint,
         lines,
     })
@@ -189,8 +217,17 @@ async fn connect_tcp(ctx: &Context, id: usize, addr: SocketAddr) -> io::Result<T
     } else {
         TcpSocket::new_v6()?
     };
-    if !ctx.source_ips.is_empty() {
-        let source = ctx.source_ips[id % ctx.source_ips.len()];
+    // Decided per attempt: a followed Service may move between loopback and routable
+    // addresses, and a loopback source cannot reach a routable target.
+    let sources: &[IpAddr] = if !ctx.config.source_ips.is_empty() {
+        &ctx.config.source_ips
+    } else if addr.ip().is_loopback() {
+        &ctx.loopback_source_ips
+    } else {
+        &[]
+    };
+    if !sources.is_empty() {
+        let source = sources[id % sources.len()];
         if source.is_ipv4() == addr.is_ipv4() {
             socket.bind(SocketAddr::new(source, 0))?;
         }
@@ -345,6 +382,24 @@ mod tests {
         assert!(l.push(b"NG pod-a\nERR unknown\n"));
         assert_eq!(l.next_line(), Some(Line::Pong));
         assert_eq!(l.next_line(), Some(Line::Other));
+    }
+
+    #[test]
+    fn first_attempts_spread_by_id_later_ones_at_random_and_none_when_empty() {
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let targets = Targets::fixed(vec![addr(1), addr(2), addr(3)]);
+        let mut rng = Rng::new(7);
+        assert_eq!(choose(&targets, 4, true, &mut rng), Some(addr(2)));
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..100 {
+            seen.insert(choose(&targets, 4, false, &mut rng).unwrap());
+        }
+        assert_eq!(seen.len(), 3);
+        targets.set(vec![addr(9)]);
+        assert_eq!(choose(&targets, 4, false, &mut rng), Some(addr(9)));
+        targets.set(vec![]);
+        assert_eq!(choose(&targets, 4, true, &mut rng), None);
+        assert_eq!(choose(&targets, 4, false, &mut rng), None);
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The TLS agent fleet: thousands of long-lived connections that behave like real devices.
 //!
 //! A [`Fleet`] owns one task per agent (see `agent`), a shared ledger (`tally`) and a sampler
-//! that records the per-target distribution every second. It measures what Ballast promises
-//! to keep at zero or near the floor: gaps longer than the offline threshold, abrupt closes,
-//! failed handshakes, and how connections spread over the targets. It never judges a run;
-//! the [`FleetSummary`] is for tests and benchmarks to judge.
+//! that records the per-target distribution every second. Where agents connect is a
+//! [`Targets`] list that may change while the fleet runs (see `targets`), so the fleet can see
+//! a Service the way a load balancer does. It measures what Ballast promises to keep at zero
+//! or near the floor: gaps longer than the offline threshold, abrupt closes, failed
+//! handshakes, and how connections spread over the targets. It never judges a run; the
+//! [`FleetSummary`] is for tests and benchmarks to judge.
 //!
 //! TLS session resumption is disabled on purpose: every reconnect is a full handshake, which
 //! is the cost a reconnect storm really puts on a gateway, and it makes the certificate
@@ -13,9 +15,10 @@
 mod agent;
 mod backoff;
 mod tally;
+mod targets;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +33,7 @@ use tokio_rustls::TlsConnector;
 
 pub use backoff::{backoff_delay, Rng};
 pub use tally::FailureKind;
+pub use targets::Targets;
 
 use crate::summary::FleetSummary;
 use tally::Tally;
@@ -44,9 +48,11 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// What the fleet does.
 #[derive(Clone, Debug)]
 pub struct FleetConfig {
-    /// Where agents connect. Agent `i` first picks `targets[i % len]`; each reconnect picks
-    /// one at random, like a load balancer.
-    pub targets: Vec<SocketAddr>,
+    /// Where agents connect, read afresh at every connection attempt: agent `i` first picks
+    /// `targets[i % len]`, every later attempt one at random, like a load balancer. It may
+    /// change while the fleet runs, and may be empty: an attempt then waits 100 ms, looks
+    /// again and, still finding none, counts as a `no_target` failure and backs off.
+    pub targets: Targets,
     /// Number of agents.
     pub agents: usize,
     /// Agents start evenly spread over this time.
@@ -61,8 +67,9 @@ pub struct FleetConfig {
     pub ca_pem: String,
     /// Name sent as SNI and verified in the certificate (DNS name or IP address).
     pub server_name: String,
-    /// Local addresses to connect from, round-robin by agent index. Empty: when every target
-    /// is on loopback, [`default_source_ips`]; otherwise the kernel's choice.
+    /// Local addresses to connect from, round-robin by agent index. Empty: for a target on
+    /// loopback, [`default_source_ips`]; otherwise the kernel's choice (decided per attempt,
+    /// since the targets may change).
     pub source_ips: Vec<IpAddr>,
     /// Base of the exponential backoff after failures.
     pub backoff_base: Duration,
@@ -73,12 +80,13 @@ pub struct FleetConfig {
 }
 
 impl FleetConfig {
-    /// A fleet of `agents` against `targets`, trusting `ca_pem`, with defaults: no ramp,
-    /// 1 s heartbeat, 60 s offline threshold, 30 s run, name `localhost`, backoff 100 ms
-    /// doubling up to 10 s, 10 s connect timeout.
-    pub fn new(targets: Vec<SocketAddr>, agents: usize, ca_pem: String) -> Self {
+    /// A fleet of `agents` against `targets` (a fixed `Vec<SocketAddr>` or a shared
+    /// [`Targets`]), trusting `ca_pem`, with defaults: no ramp, 1 s heartbeat, 60 s offline
+    /// threshold, 30 s run, name `localhost`, backoff 100 ms doubling up to 10 s, 10 s connect
+    /// timeout.
+    pub fn new(targets: impl Into<Targets>, agents: usize, ca_pem: String) -> Self {
         FleetConfig {
-            targets,
+            targets: targets.into(),
             agents,
             ramp: Duration::ZERO,
             heartbeat: Duration::from_secs(1),
@@ -112,7 +120,8 @@ pub fn default_source_ips(agents: usize) -> Vec<IpAddr> {
 pub struct LiveStats {
     /// Agents holding an established connection (WELCOME received).
     pub connected: usize,
-    /// Established connections per target.
+    /// Established connections per target address: every address in the current target list
+    /// (0 if none), and any other address still holding connections.
     pub per_target: BTreeMap<String, usize>,
     pub reconnects: u64,
     pub disconnects: u64,
@@ -146,27 +155,17 @@ impl Fleet {
     pub fn start(config: FleetConfig) -> Result<Fleet> {
         tokio::runtime::Handle::try_current()
             .context("Fleet::start must be called inside a tokio runtime")?;
-        if config.targets.is_empty() {
-            bail!("the fleet needs at least one target");
-        }
         if config.heartbeat.is_zero() {
             bail!("the heartbeat interval must be positive");
         }
         let connector = TlsConnector::from(client_config(&config.ca_pem)?);
         let server_name = ServerName::try_from(config.server_name.clone())
             .with_context(|| format!("invalid server name {:?}", config.server_name))?;
-        let source_ips = if !config.source_ips.is_empty() {
-            config.source_ips.clone()
-        } else if config.targets.iter().all(|t| t.ip().is_loopback()) {
-            default_source_ips(config.agents)
-        } else {
-            Vec::new()
-        };
         let start = Instant::now();
         let tally = Arc::new(Tally::new(
             start,
             config.agents,
-            config.targets.iter().map(ToString::to_string).collect(),
+            config.targets.clone(),
             config.offline_threshold,
         ));
         let (stop, stop_rx) = watch::channel(false);
@@ -174,7 +173,7 @@ impl Fleet {
             config: config.clone(),
             connector,
             server_name,
-            source_ips,
+            loopback_source_ips: default_source_ips(config.agents),
             tally: tally.clone(),
         });
         let agents = (0..config.agents)
@@ -326,8 +325,8 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let target: SocketAddr = "127.0.0.1:1".parse().unwrap();
-            assert!(Fleet::start(FleetConfig::new(vec![], 1, String::new())).is_err());
+            let target: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+            assert!(Fleet::start(FleetConfig::new(vec![target], 1, String::new())).is_err());
             assert!(Fleet::start(FleetConfig::new(vec![target], 1, "junk".into())).is_err());
         });
         assert!(Fleet::start(FleetConfig::new(vec![], 1, String::new())).is_err());

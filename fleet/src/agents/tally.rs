@@ -2,17 +2,19 @@
 //!
 //! Agents only ever add to it, with relaxed atomics on the per-heartbeat path; the few events
 //! that carry data (a gap's length, a close's timestamp, a certificate fingerprint) happen once
-//! per connection and go behind short mutexes. Readers take snapshots: the live stats every
+//! per connection and go behind short mutexes. Connections per target are keyed by address, not
+//! by position in the target list, because that list may change under a running fleet. Readers take snapshots: the live stats every
 //! second and the summary once at the end. Nothing here does I/O.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::LiveStats;
+use super::{LiveStats, Targets};
 use crate::latency::Histogram;
 use crate::summary::{AgentSummary, DistributionSample, FleetSummary, GapStats, RttStats};
 
@@ -27,14 +29,18 @@ pub enum FailureKind {
     Timeout,
     /// The gateway did not answer HELLO with WELCOME.
     Protocol,
+    /// The target list stayed empty for the whole attempt: no endpoint to connect to, as
+    /// behind a Service with no ready pod.
+    NoTarget,
 }
 
 impl FailureKind {
-    const ALL: [FailureKind; 4] = [
+    const ALL: [FailureKind; 5] = [
         FailureKind::Connect,
         FailureKind::Tls,
         FailureKind::Timeout,
         FailureKind::Protocol,
+        FailureKind::NoTarget,
     ];
 
     pub fn label(self) -> &'static str {
@@ -43,6 +49,7 @@ impl FailureKind {
             FailureKind::Tls => "tls",
             FailureKind::Timeout => "timeout",
             FailureKind::Protocol => "protocol",
+            FailureKind::NoTarget => "no_target",
         }
     }
 }
@@ -79,15 +86,17 @@ struct Events {
 pub struct Tally {
     start: Instant,
     offline_threshold: Duration,
-    target_names: Vec<String>,
-    per_target: Vec<AtomicUsize>,
+    /// Listed in `per_target` even with no connection.
+    targets: Targets,
+    /// Established connections per address; an address leaves the map at zero.
+    per_target: Mutex<BTreeMap<SocketAddr, usize>>,
     connected: AtomicUsize,
     reconnects: AtomicU64,
     disconnects: AtomicU64,
     graceful: AtomicU64,
     abrupt: AtomicU64,
     pongs: AtomicU64,
-    failures: [AtomicU64; 4],
+    failures: [AtomicU64; FailureKind::ALL.len()],
     agents: Box<[AgentSlot]>,
     fingerprints: Mutex<BTreeMap<String, usize>>,
     events: Mutex<Events>,
@@ -99,14 +108,14 @@ impl Tally {
     pub fn new(
         start: Instant,
         agents: usize,
-        target_names: Vec<String>,
+        targets: Targets,
         offline_threshold: Duration,
     ) -> Tally {
         Tally {
             start,
             offline_threshold,
-            per_target: target_names.iter().map(|_| AtomicUsize::new(0)).collect(),
-            target_names,
+            targets,
+            per_target: Mutex::new(BTreeMap::new()),
             connected: AtomicUsize::new(0),
             reconnects: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
@@ -131,7 +140,7 @@ impl Tally {
     }
 
     /// The agent got WELCOME on `target`, serving a leaf with `fingerprint`.
-    pub fn on_welcome(&self, agent: usize, target: usize, fingerprint: &str) {
+    pub fn on_welcome(&self, agent: usize, target: SocketAddr, fingerprint: &str) {
         let now = Instant::now();
         let slot = &self.agents[agent];
         let lost_at = slot.lost_at.swap(0, Relaxed);
@@ -147,31 +156,23 @@ impl Tally {
         }
         slot.ever_connected.store(true, Relaxed);
         self.connected.fetch_add(1, Relaxed);
-        self.per_target[target].fetch_add(1, Relaxed);
+        *lock(&self.per_target).entry(target).or_default() += 1;
         *lock(&self.fingerprints)
             .entry(fingerprint.to_owned())
             .or_default() += 1;
     }
 
     /// The agent's established connection to `target` ended by the server's doing.
-    pub fn on_loss(&self, agent: usize, target: usize, fingerprint: &str, close: Close) {
+    pub fn on_loss(&self, agent: usize, target: SocketAddr, fingerprint: &str, close: Close) {
         let now = Instant::now();
         let slot = &self.agents[agent];
         slot.lost_at
             .store(self.micros_since_start(now).saturating_add(1), Relaxed);
         slot.disconnects.fetch_add(1, Relaxed);
         self.connected.fetch_sub(1, Relaxed);
-        self.per_target[target].fetch_sub(1, Relaxed);
         self.disconnects.fetch_add(1, Relaxed);
-        {
-            let mut fingerprints = lock(&self.fingerprints);
-            if let Some(n) = fingerprints.get_mut(fingerprint) {
-                *n -= 1;
-                if *n == 0 {
-                    fingerprints.remove(fingerprint);
-                }
-            }
-        }
+        decrement(&mut lock(&self.per_target), &target);
+        decrement(&mut lock(&self.fingerprints), fingerprint);
         let at = now.saturating_duration_since(self.start).as_secs_f64();
         let mut events = lock(&self.events);
         match close {
@@ -196,12 +197,18 @@ impl Tally {
             .record(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX));
     }
 
+    /// Every current target (0 if idle) and every address still holding connections.
     fn per_target(&self) -> BTreeMap<String, usize> {
-        self.target_names
+        let mut out: BTreeMap<String, usize> = self
+            .targets
+            .snapshot()
             .iter()
-            .zip(&self.per_target)
-            .map(|(name, n)| (name.clone(), n.load(Relaxed)))
-            .collect()
+            .map(|addr| (addr.to_string(), 0))
+            .collect();
+        for (addr, n) in lock(&self.per_target).iter() {
+            out.insert(addr.to_string(), *n);
+        }
+        out
     }
 
     /// Records one sample of the per-target distribution.
@@ -322,6 +329,21 @@ impl Tally {
     }
 }
 
+/// Takes one off `key`'s count, forgetting the key at zero so addresses and certificates
+/// that come and go over a long run do not pile up.
+fn decrement<K, Q>(counts: &mut BTreeMap<K, usize>, key: &Q)
+where
+    K: std::borrow::Borrow<Q> + Ord,
+    Q: Ord + ?Sized,
+{
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
+}
+
 /// A poisoned ledger is still a correct ledger: every update is a single push or add.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -331,28 +353,34 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
     #[tokio::test(start_paused = true)]
     async fn gaps_reconnects_and_false_offline() {
         let start = Instant::now();
+        let (a, b) = (addr(1), addr(2));
         let t = Tally::new(
             start,
             3,
-            vec!["a".into(), "b".into()],
+            Targets::fixed(vec![a, b]),
             Duration::from_secs(60),
         );
-        t.on_welcome(0, 0, "fp1");
-        t.on_welcome(1, 1, "fp1");
+        t.on_welcome(0, a, "fp1");
+        t.on_welcome(1, b, "fp1");
         assert_eq!(t.live().connected, 2);
         tokio::time::advance(Duration::from_secs(1)).await;
-        t.on_loss(0, 0, "fp1", Close::Graceful);
-        t.on_loss(1, 1, "fp1", Close::Abrupt);
+        t.on_loss(0, a, "fp1", Close::Graceful);
+        t.on_loss(1, b, "fp1", Close::Abrupt);
         tokio::time::advance(Duration::from_secs(2)).await;
-        t.on_welcome(0, 1, "fp2");
+        t.on_welcome(0, b, "fp2");
         tokio::time::advance(Duration::from_secs(70)).await;
         let live = t.live();
         assert_eq!(live.connected, 1);
         assert_eq!(live.offline_now, 1);
-        assert_eq!(live.per_target["b"], 1);
+        assert_eq!(live.per_target["127.0.0.1:1"], 0);
+        assert_eq!(live.per_target["127.0.0.1:2"], 1);
         assert_eq!(live.server_cert_sha256.len(), 1);
         assert_eq!(live.server_cert_sha256["fp2"], 1);
         let s = t.summarize(Instant::now());
@@ -367,5 +395,42 @@ mod tests {
         assert!(s.per_agent[1].false_offline);
         assert!((s.longest_gap_seconds - 72.0).abs() < 1e-6);
         assert_eq!(s.never_connected, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_target_follows_a_changing_list_by_address() {
+        let (a, b, c) = (addr(1), addr(2), addr(3));
+        let targets = Targets::fixed(vec![a, b]);
+        let t = Tally::new(Instant::now(), 3, targets.clone(), Duration::from_secs(60));
+        t.on_welcome(0, a, "fp");
+        t.on_welcome(1, b, "fp");
+        // `a` leaves the list but keeps its connection; `c` joins empty.
+        targets.set(vec![b, c]);
+        let per_target = t.live().per_target;
+        let expected = [("127.0.0.1:1", 1), ("127.0.0.1:2", 1), ("127.0.0.1:3", 0)];
+        assert_eq!(per_target, expected.map(|(k, n)| (k.to_owned(), n)).into());
+        t.on_loss(0, a, "fp", Close::Graceful);
+        t.on_welcome(0, c, "fp");
+        t.on_welcome(2, c, "fp");
+        let per_target = t.live().per_target;
+        let expected = [("127.0.0.1:2", 1), ("127.0.0.1:3", 2)];
+        assert_eq!(per_target, expected.map(|(k, n)| (k.to_owned(), n)).into());
+        assert_eq!(t.live().connected, 3);
+    }
+
+    #[test]
+    fn no_target_is_its_own_failure_kind() {
+        let t = Tally::new(
+            Instant::now(),
+            1,
+            Targets::default(),
+            Duration::from_secs(60),
+        );
+        t.on_failure(FailureKind::NoTarget);
+        let s = t.summarize(Instant::now());
+        assert_eq!(s.handshake_failures["no_target"], 1);
+        assert_eq!(s.handshake_failures["connect"], 0);
+        assert_eq!(s.total_handshake_failures(), 1);
+        assert!(t.live().per_target.is_empty());
     }
 }
