@@ -285,6 +285,8 @@ pub enum Phase {
     Pending,
     Stable,
     Rotating,
+    /// The spec changed and some pods still run the previous revision.
+    Updating,
     Draining,
     Rebalancing,
     Degraded,
@@ -299,7 +301,7 @@ pub struct PresenceClusterStatus {
     pub observed_generation: Option<i64>,
     #[serde(default)]
     pub phase: Phase,
-    /// Ready, CertificateServed, Balanced, Migrating.
+    /// Ready, CertificateServed, Balanced, Migrating, UpToDate, SpecHonored.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// Pods that exist.
@@ -314,15 +316,72 @@ pub struct PresenceClusterStatus {
     /// Label selector of the pods (for the scale subresource and `kubectl get pods -l`).
     #[serde(default)]
     pub selector: String,
-    /// Agent connections across all pods, as the sidecars report them.
+    /// Agent connections across all pods, as the sidecars report them (pods without a fresh
+    /// report are not counted: see `reportingPods`).
     #[serde(default)]
     pub connections: i64,
+    /// Pods whose sidecar reported within the last few seconds.
+    #[serde(default)]
+    pub reporting_pods: i32,
+    /// Pods running the StatefulSet's current revision (the spec as it is now). The
+    /// StatefulSet is `OnDelete`: a spec change reaches a pod only when the pod is replaced.
+    #[serde(default)]
+    pub updated_replicas: i32,
+    /// Each pod as its sidecar reports it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<PodStatus>,
+    /// The migration in progress, or the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationStatus>,
     /// Busiest pod's connections ÷ mean (1.0 is perfectly balanced).
     #[serde(default)]
     pub imbalance: f64,
     /// The certificate in the Secret and how many pods serve it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<CertificateStatus>,
+}
+
+/// One gateway pod.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    pub name: String,
+    /// Connections the sidecar holds; absent without a fresh report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<i64>,
+    /// Serving, Steered, Draining, Terminating, NotReady or Silent (no fresh report).
+    pub state: String,
+    /// First 12 hex digits of the served certificate's SHA-256.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub certificate: String,
+    /// Runs the StatefulSet's current revision.
+    pub up_to_date: bool,
+}
+
+/// A migration: connections moved on purpose.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationStatus {
+    /// What moves them: `Drain` (pods draining: deleted, scaled down, or told to).
+    pub kind: String,
+    /// RFC 3339.
+    pub started: String,
+    /// RFC 3339; absent while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<String>,
+    /// Pods that finished draining / pods that drained.
+    pub pods_done: i32,
+    pub pods_total: i32,
+    /// Agents back on another pod after a planned close (fleet total regained).
+    pub connections_moved: i64,
+    /// Connections closed on purpose, as the sidecars report.
+    pub planned_closes: i64,
+    /// Connections lost without a plan during the migration.
+    pub unplanned_closes: i64,
+    /// Fleet-wide reconnects per second planned closes may cause.
+    pub budget_per_second: i64,
+    /// Fleet connections when it started (what "back" means).
+    pub connections_before: i64,
 }
 
 /// The Secret's certificate.

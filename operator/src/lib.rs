@@ -5,12 +5,18 @@
 //!
 //! 1. [`validate`]: is the spec usable, is the Secret there and its certificate good?
 //! 2. [`workload`]: build every owned object as plain data (no client).
-//! 3. [`reconcile`]: apply them with server-side apply, read the pods and sidecars.
-//! 4. [`status`]: compute and write the status and the Events a person should see.
+//! 3. [`reconcile`]: apply them with server-side apply (on spec changes, Secret changes, resync).
+//!
+//! Beside it, the report channel and the fast loop:
+//! - [`report_server`] takes each sidecar's report over HTTPS ([`report_tls`]), believes it only
+//!   for the pod its token is bound to ([`auth`], TokenReview), and answers with directives;
+//! - [`hub`] holds the latest reports and turns what the operator wants into directives;
+//! - [`observer`] runs every second: reports, Secret, pods → [`status`] (pure), [`migration`]
+//!   (the migration signal), Events and metrics.
 //!
 //! [`crd`] holds the resource's types; their doc comments are what `kubectl explain` shows.
-//! [`reports`] reads the sidecars' `/status`; [`metrics`] exports the operator's figures;
-//! [`leader`] keeps a second replica idle until the first one is gone.
+//! [`metrics`] exports the operator's figures; [`leader`] keeps a second replica idle (it
+//! answers reports with `not_leader`) until the first one is gone.
 //!
 //! It must never be what drops an agent: it depends on neither the sidecar nor the data
 //! plane's health (what it shares with the sidecar is `ballast-contract` and `ballast-certs`),
@@ -19,11 +25,16 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod crd;
+pub mod hub;
 pub mod leader;
 pub mod metrics;
+pub mod migration;
+pub mod observer;
 pub mod reconcile;
-pub mod reports;
+pub mod report_server;
+pub mod report_tls;
 pub mod status;
 pub mod validate;
 pub mod workload;

@@ -6,21 +6,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use ballast_operator::auth::Authenticator;
 use ballast_operator::crd::PresenceCluster;
+use ballast_operator::hub::Hub;
 use ballast_operator::leader::{self, LeaseConfig};
 use ballast_operator::metrics::Metrics;
+use ballast_operator::observer::Observer;
 use ballast_operator::reconcile::{self, Context, MANAGER};
-use ballast_operator::workload::Environment;
+use ballast_operator::report_server::{self, ReportServer};
+use ballast_operator::report_tls;
+use ballast_operator::workload::{Environment, ReportWiring};
 use bytes::Bytes;
 use clap::Parser;
 use futures::StreamExt;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{watcher, Controller};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{predicates, watcher, Controller, WatchStreamExt};
 use kube::{Api, Client};
 
 /// Reconciles PresenceClusters into gateway fleets with the Ballast sidecar injected.
@@ -51,6 +57,40 @@ struct Config {
     /// network namespace (the e2e process kubelet). Leave off on real clusters.
     #[arg(long, env = "BALLAST_BIND_POD_IP", default_value_t = false, action = clap::ArgAction::Set)]
     bind_pod_ip: bool,
+    /// Address the report channel listens on (HTTPS).
+    #[arg(long, env = "BALLAST_REPORT_LISTEN", default_value = "0.0.0.0:9443")]
+    report_listen: SocketAddr,
+    /// Name of the Service sidecars reach the operator through (in `--lease-namespace`).
+    #[arg(
+        long,
+        env = "BALLAST_REPORT_SERVICE",
+        default_value = "ballast-operator"
+    )]
+    report_service: String,
+    /// `host:port` sidecars dial (default: `<report-service>.<namespace>.svc:<listen port>`).
+    #[arg(long, env = "BALLAST_REPORT_ADDRESS")]
+    report_address: Option<String>,
+    /// Directory with `tls.crt`, `tls.key`, `ca.crt` for the report listener (e.g. a
+    /// cert-manager Certificate's Secret). Default: the operator's own CA (`--report-ca-secret`).
+    #[arg(long, env = "BALLAST_REPORT_TLS_DIR")]
+    report_tls_dir: Option<std::path::PathBuf>,
+    /// Secret (in `--lease-namespace`) holding the operator's own report CA; created if absent.
+    #[arg(
+        long,
+        env = "BALLAST_REPORT_CA_SECRET",
+        default_value = "ballast-operator-report-ca"
+    )]
+    report_ca_secret: String,
+    /// Refuse a report whose source address is not the token's pod's IP. Turn off only where
+    /// the network rewrites pod source addresses.
+    #[arg(long, env = "BALLAST_REPORT_VERIFY_SOURCE", default_value_t = true, action = clap::ArgAction::Set)]
+    report_verify_source: bool,
+    /// Lifetime of every directive: the longest a pod follows an operator that fell silent.
+    #[arg(long, env = "BALLAST_DIRECTIVE_LIFETIME", default_value = "5s", value_parser = ballast_contract::duration::parse_duration)]
+    directive_lifetime: Duration,
+    /// How often status is recomputed from reports and written (when it changed).
+    #[arg(long, env = "BALLAST_STATUS_INTERVAL", default_value = "1s", value_parser = ballast_contract::duration::parse_duration)]
+    status_interval: Duration,
     /// Log format: text or json. Level via BALLAST_LOG (e.g. info, debug).
     #[arg(long, env = "BALLAST_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -80,6 +120,9 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(kubernetes = %version.git_version, "connected");
     ready.store(true, Ordering::Relaxed);
 
+    let hub = Arc::new(Hub::new(config.directive_lifetime));
+    let wiring = start_report_server(&client, &config, &hub, &metrics).await?;
+
     if config.leader_elect {
         let lease = LeaseConfig {
             namespace: config.lease_namespace.clone(),
@@ -93,9 +136,10 @@ async fn main() -> anyhow::Result<()> {
         leader::acquire(&client, &lease)
             .await
             .context("leader election")?;
+        hub.leader.store(true, Ordering::Relaxed);
         let mut holder = tokio::spawn(leader::hold(client.clone(), lease.clone()));
         tokio::select! {
-            _ = run_controller(client.clone(), &config, metrics) => {
+            _ = run_controller(client.clone(), &config, metrics, wiring.clone(), hub.clone()) => {
                 holder.abort();
                 leader::release(&client, &lease).await;
                 Ok(())
@@ -103,37 +147,184 @@ async fn main() -> anyhow::Result<()> {
             _ = &mut holder => anyhow::bail!("leadership lost; exiting so that only one replica reconciles"),
         }
     } else {
-        run_controller(client, &config, metrics).await;
+        hub.leader.store(true, Ordering::Relaxed);
+        run_controller(client, &config, metrics, wiring, hub).await;
         Ok(())
     }
 }
 
-async fn run_controller(client: Client, config: &Config, metrics: Arc<Metrics>) {
+/// Shared watch caches: what the report server and the observer read.
+struct Caches {
+    pods: Store<Pod>,
+    statefulsets: Store<StatefulSet>,
+    clusters: Store<PresenceCluster>,
+    clusters_writer: Option<reflector::store::Writer<PresenceCluster>>,
+}
+
+fn caches(client: &Client, config: &Config) -> Caches {
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=ballast-operator");
+    let (pods, pods_writer) = reflector::store();
+    let pod_api: Api<Pod> = match &config.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    tokio::spawn(
+        watcher(pod_api, owned.clone())
+            .default_backoff()
+            .reflect(pods_writer)
+            .for_each(|_| async {}),
+    );
+    let (statefulsets, sts_writer) = reflector::store();
+    let sts_api: Api<StatefulSet> = match &config.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    tokio::spawn(
+        watcher(sts_api, owned)
+            .default_backoff()
+            .reflect(sts_writer)
+            .for_each(|_| async {}),
+    );
+    let (clusters, clusters_writer) = reflector::store();
+    Caches {
+        pods,
+        statefulsets,
+        clusters,
+        clusters_writer: Some(clusters_writer),
+    }
+}
+
+static CACHES: std::sync::OnceLock<std::sync::Mutex<Option<Caches>>> = std::sync::OnceLock::new();
+
+/// Starts the report listener on every replica (non-leaders answer `not_leader`) and says how
+/// sidecars reach it.
+async fn start_report_server(
+    client: &Client,
+    config: &Config,
+    hub: &Arc<Hub>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<ReportWiring> {
+    let port = config.report_listen.port();
+    let service = format!("{}.{}.svc", config.report_service, config.lease_namespace);
+    let address = config
+        .report_address
+        .clone()
+        .unwrap_or_else(|| format!("{service}:{port}"));
+    let server_name = address
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+        .context("--report-address must be host:port")?;
+    let material = match &config.report_tls_dir {
+        Some(dir) => report_tls::from_dir(dir)?,
+        None => {
+            let mut names = vec![
+                config.report_service.clone(),
+                service.clone(),
+                format!("{service}.cluster.local"),
+            ];
+            if !names.contains(&server_name) {
+                names.push(server_name.clone());
+            }
+            report_tls::ensure(
+                client,
+                &config.lease_namespace,
+                &config.report_ca_secret,
+                &names,
+            )
+            .await
+            .context("the report channel's CA")?
+        }
+    };
+    let tls = report_tls::server_config(&material)?;
+    let caches = caches(client, config);
+    let server = Arc::new(ReportServer {
+        hub: hub.clone(),
+        auth: Authenticator::new(client.clone(), ballast_contract::TOKEN_AUDIENCE.into()),
+        pods: caches.pods.clone(),
+        clusters: caches.clusters.clone(),
+        metrics: metrics.clone(),
+        verify_source: config.report_verify_source,
+    });
+    CACHES
+        .get_or_init(Default::default)
+        .lock()
+        .expect("caches")
+        .replace(caches);
+    let listener = report_server::bind(config.report_listen)?;
+    tracing::info!(listen = %config.report_listen, %address, "report channel listening");
+    tokio::spawn(report_server::serve(listener, tls, server));
+    Ok(ReportWiring {
+        address,
+        server_name,
+        ca_pem: material.ca_pem,
+    })
+}
+
+async fn run_controller(
+    client: Client,
+    config: &Config,
+    metrics: Arc<Metrics>,
+    wiring: ReportWiring,
+    hub: Arc<Hub>,
+) {
     let prcs: Api<PresenceCluster> = match &config.watch_namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=ballast-operator");
+    let mut caches = CACHES
+        .get()
+        .and_then(|c| c.lock().expect("caches").take())
+        .expect("the report server set up the caches");
+    let writer = caches.clusters_writer.take().expect("one controller");
+    // Status-only changes (the observer's own writes) do not trigger a reconcile: only a new
+    // generation (spec), a deletion, or an owned object's change does.
+    let trigger = watcher(prcs, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    let (secret_changed, secret_changes) = futures::channel::mpsc::unbounded();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: MANAGER.into(),
+            instance: config.identity.clone(),
+        },
+    );
+    let observer = Observer {
+        client: client.clone(),
+        hub,
+        pods: caches.pods.clone(),
+        statefulsets: caches.statefulsets.clone(),
+        clusters: caches.clusters.clone(),
+        metrics: metrics.clone(),
+        recorder,
+        reconcile: secret_changed,
+        interval: config.status_interval,
+    };
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: config.identity.clone(),
-            },
-        ),
         client: client.clone(),
         env: Environment {
             bind_pod_ip: config.bind_pod_ip,
+            report: Some(wiring),
         },
         metrics,
         resync: config.resync,
     });
+    let clusters = caches.clusters.clone();
+    let pods = caches.pods.clone();
+    let observing = tokio::spawn(async move {
+        let _ = clusters.wait_until_ready().await;
+        let _ = pods.wait_until_ready().await;
+        observer.run().await
+    });
     tracing::info!("controller starting");
-    Controller::new(prcs, watcher::Config::default())
+    Controller::for_stream(trigger, caches.clusters.clone())
         .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned.clone())
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned)
+        .reconcile_on(secret_changes)
         .shutdown_on_signal()
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {
@@ -142,6 +333,7 @@ async fn run_controller(client: Client, config: &Config, metrics: Arc<Metrics>) 
             }
         })
         .await;
+    observing.abort();
     tracing::info!("controller stopped");
 }
 

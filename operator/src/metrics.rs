@@ -1,6 +1,9 @@
 //! The operator's Prometheus metrics: its own health (reconciles, errors, durations) and the
 //! figures a platform team alerts on per PresenceCluster — notably `migrating`, which says a
-//! disconnect is planned so offline alerts can wait.
+//! disconnect is planned so offline alerts can wait. The migration signal's series carry the
+//! names alert rules use across products (`ballast_migration_active`,
+//! `ballast_planned_closes_total`, `ballast_unplanned_closes_total`,
+//! `ballast_reconnect_budget_per_second`); the rest are prefixed `ballast_operator_`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -23,6 +26,16 @@ struct ErrorLabel {
     error: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -35,6 +48,13 @@ pub struct Metrics {
     certificate_served_pods: Family<ClusterLabels, Gauge>,
     migrating: Family<ClusterLabels, Gauge>,
     degraded: Family<ClusterLabels, Gauge>,
+    reports: Family<ResultLabel, Counter>,
+    refusals: Family<ReasonLabel, Counter>,
+    pub report_seconds: Histogram,
+    migration_active: Family<ClusterLabels, Gauge>,
+    planned_closes: Family<ClusterLabels, Counter>,
+    unplanned_closes: Family<ClusterLabels, Counter>,
+    budget: Family<ClusterLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -45,7 +65,8 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("ballast_operator");
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("ballast_operator");
         let m = Self {
             registry: Registry::default(),
             reconciles: Counter::default(),
@@ -57,6 +78,13 @@ impl Metrics {
             certificate_served_pods: Family::default(),
             migrating: Family::default(),
             degraded: Family::default(),
+            reports: Family::default(),
+            refusals: Family::default(),
+            report_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            migration_active: Family::default(),
+            planned_closes: Family::default(),
+            unplanned_closes: Family::default(),
+            budget: Family::default(),
         };
         registry.register("reconciles", "Reconciles run", m.reconciles.clone());
         registry.register(
@@ -99,7 +127,75 @@ impl Metrics {
             "1 while the PresenceCluster is not Ready because of a problem or missing pods",
             m.degraded.clone(),
         );
-        Self { registry, ..m }
+        registry.register(
+            "reports",
+            "Sidecar reports, by result (answered, not_leader, refused, unavailable, tls_failed)",
+            m.reports.clone(),
+        );
+        registry.register(
+            "report_refusals",
+            "Reports refused, by reason (no_token, invalid_token, not_pod_bound, unknown_pod, wrong_source, not_a_gateway, bad_report)",
+            m.refusals.clone(),
+        );
+        registry.register(
+            "report_answer_seconds",
+            "Time from a report's arrival to its answer",
+            m.report_seconds.clone(),
+        );
+        root.register(
+            "ballast_migration_active",
+            "1 from a migration's first planned close until its last moved agent is back: hold offline alerts",
+            m.migration_active.clone(),
+        );
+        root.register(
+            "ballast_planned_closes",
+            "Connections closed on purpose (paced drains), as the sidecars report",
+            m.planned_closes.clone(),
+        );
+        root.register(
+            "ballast_unplanned_closes",
+            "Connections lost without a plan (the gateway closed or failed), as the sidecars report",
+            m.unplanned_closes.clone(),
+        );
+        root.register(
+            "ballast_reconnect_budget_per_second",
+            "Reconnects per second planned closes may cause now, fleet-wide",
+            m.budget.clone(),
+        );
+        for r in crate::auth::Refusal::ALL {
+            let _ = m
+                .refusals
+                .get_or_create(&ReasonLabel { reason: r.as_str() });
+        }
+        Self {
+            registry: root,
+            ..m
+        }
+    }
+
+    pub fn report_result(&self, result: &'static str) {
+        self.reports.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    pub fn report_refused(&self, refusal: crate::auth::Refusal) {
+        self.report_result("refused");
+        self.refusals
+            .get_or_create(&ReasonLabel {
+                reason: refusal.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts a cluster's closes as the latest reports carry them (deltas).
+    pub fn closes(&self, namespace: &str, name: &str, planned: u64, unplanned: u64) {
+        let labels = ClusterLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        self.planned_closes.get_or_create(&labels).inc_by(planned);
+        self.unplanned_closes
+            .get_or_create(&labels)
+            .inc_by(unplanned);
     }
 
     pub fn error(&self, label: &'static str) {
@@ -142,6 +238,16 @@ impl Metrics {
         self.degraded
             .get_or_create(&labels)
             .set(i64::from(!condition_true("Ready")));
+        self.migration_active
+            .get_or_create(&labels)
+            .set(i64::from(condition_true("Migrating")));
+        self.budget.get_or_create(&labels).set(
+            status
+                .migration
+                .as_ref()
+                .map(|m| m.budget_per_second)
+                .unwrap_or(0),
+        );
     }
 
     /// Drops a deleted PresenceCluster's series.
@@ -156,6 +262,10 @@ impl Metrics {
         self.certificate_served_pods.remove(&labels);
         self.migrating.remove(&labels);
         self.degraded.remove(&labels);
+        self.migration_active.remove(&labels);
+        self.planned_closes.remove(&labels);
+        self.unplanned_closes.remove(&labels);
+        self.budget.remove(&labels);
     }
 
     pub fn encode(&self) -> String {

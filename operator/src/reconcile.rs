@@ -1,28 +1,26 @@
-//! One reconcile of one PresenceCluster: validate → build → apply → status.
+//! One reconcile of one PresenceCluster: validate → build → apply. Status is the observer's
+//! (`crate::observer`), so the operator's own status writes never retrigger this.
 //!
 //! Wrong input never deletes anything: when validation finds a problem, nothing is applied,
-//! the status says why (Ready=False, reason, message), an Event is emitted once, and the
-//! reconcile retries on the resync period — fixing the Secret or the spec recovers without
-//! restarting anything. Owned objects carry owner references, so deleting the PresenceCluster
+//! the observer's status says why (Ready=False, reason, message) with one Event, and the
+//! reconcile runs again when the Secret changes (the observer notices within a second) or on
+//! the resync period — fixing the Secret or the spec recovers without restarting anything. Owned objects carry owner references, so deleting the PresenceCluster
 //! lets Kubernetes' garbage collector remove them; the operator needs no finalizer.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::crd::PresenceCluster;
 use crate::metrics::Metrics;
-use crate::status::{self, Observed, PodView};
+use crate::validate;
 use crate::workload::{self, Environment};
-use crate::{reports, validate};
 
 /// Field manager name for server-side apply.
 pub const MANAGER: &str = "ballast-operator";
@@ -57,7 +55,6 @@ impl Error {
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
     pub env: Environment,
     pub metrics: Arc<Metrics>,
     /// How often a healthy cluster is looked at again (connection counts, certificate).
@@ -99,56 +96,20 @@ pub async fn reconcile(prc: Arc<PresenceCluster>, ctx: Arc<Context>) -> Result<A
     // 2 + 3. Build and apply, only with nothing wrong.
     if problem.is_none() {
         let built = workload::build(&prc, &ctx.env);
+        ensure_admin_token(&ctx.client, &prc, &namespace).await?;
+        if let Some(ca) = &built.operator_ca {
+            apply(&ctx.client, &namespace, ca).await?;
+        }
         apply(&ctx.client, &namespace, &built.statefulset).await?;
         apply(&ctx.client, &namespace, &built.service).await?;
         apply(&ctx.client, &namespace, &built.headless).await?;
         apply(&ctx.client, &namespace, &built.pdb).await?;
     }
 
-    // 4. Status.
-    let pods = observe_pods(&ctx.client, &namespace, &name, prc.spec.sidecar.admin_port).await?;
-    let observed = Observed {
-        problem,
-        certificate: certificate.ok(),
-        pods,
-    };
-    let now = ballast_contract::clock::rfc3339(ballast_contract::clock::unix_now());
-    let new = status::compute(&prc, &observed, prc.status.as_ref(), &now);
-    if prc.status.as_ref() != Some(&new) {
-        let patch = serde_json::json!({
-            "apiVersion": "ballast.dev/v1alpha1",
-            "kind": "PresenceCluster",
-            "status": new,
-        });
-        Api::<PresenceCluster>::namespaced(ctx.client.clone(), &namespace)
-            .patch_status(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await?;
-    }
-    for notice in status::notices(prc.status.as_ref(), &new) {
-        let event = Event {
-            type_: if notice.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: notice.reason,
-            note: Some(notice.message),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(err) = ctx.recorder.publish(&event, &prc.object_ref(&())).await {
-            tracing::warn!(error = %err, "could not publish an Event");
-        }
-    }
-    ctx.metrics.observe(&namespace, &name, &new);
     ctx.metrics
         .reconcile_seconds
         .observe(started.elapsed().as_secs_f64());
-    tracing::debug!(%namespace, %name, phase = ?new.phase, ready = %new.ready, connections = new.connections, "reconciled");
+    tracing::debug!(%namespace, %name, problem = ?problem.as_ref().map(|p| p.reason), "reconciled");
     Ok(Action::requeue(ctx.resync))
 }
 
@@ -178,54 +139,41 @@ where
     Ok(())
 }
 
-/// Lists the cluster's pods and asks each ready one's sidecar for its report, all at once.
-async fn observe_pods(
+/// Creates the cluster's admin token once (never rewritten: people may hold it). Only
+/// `create` is needed; an existing Secret is left alone.
+async fn ensure_admin_token(
     client: &Client,
+    prc: &PresenceCluster,
     namespace: &str,
-    name: &str,
-    admin_port: i32,
-) -> Result<Vec<PodView>, Error> {
-    let pods = Api::<Pod>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default().labels(&workload::selector_string(name)))
-        .await?;
-    let mut tasks = tokio::task::JoinSet::new();
-    for (index, pod) in pods.items.iter().enumerate() {
-        let ready = is_ready(pod);
-        let admin = pod_ip(pod).map(|ip| SocketAddr::new(ip, admin_port as u16));
-        tasks.spawn(async move {
-            let report = match (ready, admin) {
-                (true, Some(addr)) => reports::fetch(addr).await,
-                _ => None,
-            };
-            (index, report)
-        });
+) -> Result<(), Error> {
+    let name = workload::admin_token_name(&prc.name_any());
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("the system's random source works");
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name),
+            namespace: Some(namespace.into()),
+            owner_references: prc.controller_owner_ref(&()).map(|o| vec![o]),
+            labels: Some(
+                [(
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    "ballast-operator".to_owned(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        string_data: Some([("token".to_owned(), token)].into()),
+        ..Secret::default()
+    };
+    match Api::<Secret>::namespaced(client.clone(), namespace)
+        .create(&kube::api::PostParams::default(), &secret)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
     }
-    let mut views: Vec<PodView> = pods
-        .items
-        .iter()
-        .map(|p| PodView {
-            name: p.name_any(),
-            ready: is_ready(p),
-            report: None,
-        })
-        .collect();
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok((index, report)) = joined {
-            views[index].report = report;
-        }
-    }
-    Ok(views)
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn pod_ip(pod: &Pod) -> Option<IpAddr> {
-    pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok()
 }

@@ -1,33 +1,60 @@
 //! Status: what the fleet looks like, computed from what was observed, and which changes a
 //! person should hear about as Events.
 //!
-//! Pure functions of (spec, observations, previous status, now): the reconcile gathers the
-//! observations, this module decides what they mean.
+//! Pure functions of (spec, observations, previous status, now): the observer gathers the
+//! observations, this module decides what they mean. The rule it keeps: never claim what is
+//! not known. A pod without a fresh report contributes no figure; a condition that cannot be
+//! judged is `Unknown`, with a reason saying why.
 
 use ballast_certs::CertificateFacts;
+use ballast_contract::Report;
 
-use crate::crd::{CertificateStatus, Condition, Phase, PresenceCluster, PresenceClusterStatus};
+use crate::crd::{
+    CertificateStatus, Condition, MigrationStatus, Phase, PodStatus, PresenceCluster,
+    PresenceClusterStatus, RotationStrategy,
+};
 use crate::validate::Problem;
 use crate::workload;
 
-/// What one sidecar says about itself (`GET /status`), reduced to what the operator uses.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SidecarReport {
-    pub connections: u64,
-    pub sha256: String,
-    pub draining: bool,
-}
-
 /// One gateway pod as observed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PodView {
     pub name: String,
+    /// The pod's Ready condition.
     pub ready: bool,
-    /// None when the sidecar could not be reached.
-    pub report: Option<SidecarReport>,
+    /// It has a deletion timestamp.
+    pub terminating: bool,
+    /// It runs the StatefulSet's current revision.
+    pub up_to_date: bool,
+    /// Its sidecar's latest report, if fresh.
+    pub report: Option<Report>,
 }
 
-/// Everything a reconcile observed.
+impl PodView {
+    /// Able to serve agents: Ready, or not Ready only because the operator steers new
+    /// connections away (its sidecar says so, and that it is otherwise fine).
+    pub fn available(&self) -> bool {
+        !self.terminating
+            && (self.ready
+                || self
+                    .report
+                    .as_ref()
+                    .is_some_and(|r| r.steered_away && r.upstream_reachable && !r.terminating))
+    }
+
+    fn state(&self) -> &'static str {
+        match &self.report {
+            None => "Silent",
+            Some(r) if r.terminating || self.terminating => "Terminating",
+            Some(r) if r.draining.is_some() => "Draining",
+            Some(r) if r.steered_away => "Steered",
+            Some(_) if !self.ready => "NotReady",
+            Some(_) => "Serving",
+        }
+    }
+}
+
+/// Everything one tick observed.
 #[derive(Clone, Debug)]
 pub struct Observed {
     /// The first problem found by validation, if any.
@@ -35,6 +62,9 @@ pub struct Observed {
     /// The Secret's certificate when it is servable (its facts: the operator holds no key).
     pub certificate: Option<CertificateFacts>,
     pub pods: Vec<PodView>,
+    /// The migration running or last finished, and whether one is running.
+    pub migration: Option<MigrationStatus>,
+    pub migrating: bool,
 }
 
 /// A change worth an Event.
@@ -43,6 +73,22 @@ pub struct Notice {
     pub warning: bool,
     pub reason: String,
     pub message: String,
+}
+
+/// Spec settings the operator does not act on yet: said in status, never silently ignored.
+pub fn not_honored(prc: &PresenceCluster) -> Vec<&'static str> {
+    let spec = &prc.spec;
+    let mut out = Vec::new();
+    if spec.tls.rotation.strategy == RotationStrategy::RollingRestart {
+        out.push("tls.rotation.strategy RollingRestart (pods hot-reload; none is restarted)");
+    }
+    if spec.tls.rotation.reconnect_existing.is_some() {
+        out.push("tls.rotation.reconnectExisting (old-certificate connections are not moved)");
+    }
+    if spec.rebalance.enabled {
+        out.push("rebalance.enabled (imbalance is reported, not corrected)");
+    }
+    out
 }
 
 /// Computes the new status. `now` is RFC 3339; it stamps conditions whose status changed.
@@ -54,19 +100,36 @@ pub fn compute(
 ) -> PresenceClusterStatus {
     let name = prc.metadata.name.clone().unwrap_or_default();
     let desired = prc.spec.replicas;
-    let ready_pods: Vec<&PodView> = observed.pods.iter().filter(|p| p.ready).collect();
-    let ready = ready_pods.len() as i32;
-    let reports: Vec<&SidecarReport> = ready_pods
+    let available: Vec<&PodView> = observed.pods.iter().filter(|p| p.available()).collect();
+    let ready = available.len() as i32;
+    let reporting: Vec<&Report> = observed
+        .pods
         .iter()
         .filter_map(|p| p.report.as_ref())
         .collect();
-    let connections: u64 = reports.iter().map(|r| r.connections).sum();
-    let imbalance = imbalance(&reports);
+    let connections: u64 = reporting.iter().map(|r| r.connections.total).sum();
+    // Balance is judged among pods that take agents; a draining pod is meant to empty.
+    let serving: Vec<u64> = available
+        .iter()
+        .filter_map(|p| p.report.as_ref())
+        .filter(|r| r.draining.is_none())
+        .map(|r| r.connections.total)
+        .collect();
+    let imbalance = imbalance(&serving);
     let tolerance = 1.0 + f64::from(prc.spec.rebalance.tolerance_percent) / 100.0;
-    let served = observed
-        .certificate
-        .as_ref()
-        .map(|c| reports.iter().filter(|r| r.sha256 == c.sha256).count());
+    let available_reports: Vec<&Report> =
+        available.iter().filter_map(|p| p.report.as_ref()).collect();
+    let served = observed.certificate.as_ref().map(|c| {
+        available_reports
+            .iter()
+            .filter(|r| r.certificate.sha256 == c.sha256)
+            .count()
+    });
+    let updated = observed
+        .pods
+        .iter()
+        .filter(|p| p.up_to_date && !p.terminating)
+        .count() as i32;
     let generation = prc.metadata.generation;
     let previous_conditions = previous.map(|p| p.conditions.as_slice()).unwrap_or(&[]);
     let condition = |type_: &str, ok: Option<bool>, reason: &str, message: String| {
@@ -106,7 +169,39 @@ pub fn compute(
         ),
     };
     let served_condition = match (&observed.certificate, served) {
-        (Some(c), Some(n)) if n == ready_pods.len() && n == reports.len() => condition(
+        (None, _) | (_, None) => condition(
+            "CertificateServed",
+            None,
+            "CertificateUnusable",
+            "the Secret's certificate is not servable; see the Ready condition".into(),
+        ),
+        (Some(_), Some(_)) if ready == 0 => condition(
+            "CertificateServed",
+            None,
+            "NoReadyPods",
+            "no ready pod to serve it".into(),
+        ),
+        (Some(c), Some(n)) if n < available_reports.len() => condition(
+            "CertificateServed",
+            Some(false),
+            "RotationInProgress",
+            format!(
+                "{n} of {ready} ready pods serve sha256 {} ({} reported)",
+                short(&c.sha256),
+                available_reports.len()
+            ),
+        ),
+        (Some(c), Some(n)) if n < available.len() => condition(
+            "CertificateServed",
+            None,
+            "NotAllPodsReport",
+            format!(
+                "{n} of {ready} ready pods serve sha256 {}; {} have not reported",
+                short(&c.sha256),
+                available.len() - available_reports.len()
+            ),
+        ),
+        (Some(c), Some(n)) => condition(
             "CertificateServed",
             Some(true),
             "AllPodsServe",
@@ -115,24 +210,17 @@ pub fn compute(
                 short(&c.sha256)
             ),
         ),
-        (Some(c), Some(n)) => condition(
-            "CertificateServed",
-            Some(false),
-            "RotationInProgress",
-            format!(
-                "{n} of {ready} ready pods serve sha256 {} ({} reported)",
-                short(&c.sha256),
-                reports.len()
-            ),
-        ),
-        _ => condition(
-            "CertificateServed",
-            None,
-            "CertificateUnusable",
-            "the Secret's certificate is not servable; see the Ready condition".into(),
-        ),
     };
-    let balanced_condition = if connections == 0 {
+    let balance_message =
+        format!("busiest pod at {imbalance:.2}× the mean (tolerance {tolerance:.2}×)");
+    let balanced_condition = if serving.is_empty() {
+        condition(
+            "Balanced",
+            None,
+            "NoReports",
+            "no serving pod has reported".into(),
+        )
+    } else if serving.iter().sum::<u64>() == 0 {
         condition(
             "Balanced",
             Some(true),
@@ -140,40 +228,60 @@ pub fn compute(
             "no agents connected".into(),
         )
     } else if imbalance <= tolerance {
-        condition(
-            "Balanced",
-            Some(true),
-            "WithinTolerance",
-            format!("busiest pod at {imbalance:.2}× the mean (tolerance {tolerance:.2}×)"),
-        )
+        condition("Balanced", Some(true), "WithinTolerance", balance_message)
     } else {
-        condition(
-            "Balanced",
-            Some(false),
-            "Imbalanced",
-            format!("busiest pod at {imbalance:.2}× the mean (tolerance {tolerance:.2}×)"),
-        )
+        condition("Balanced", Some(false), "Imbalanced", balance_message)
     };
-    let draining = reports.iter().filter(|r| r.draining).count();
-    let migrating_condition = if draining > 0 {
-        condition(
+    let migrating_condition = match (&observed.migration, observed.migrating) {
+        (Some(m), true) => condition(
             "Migrating",
             Some(true),
             "Draining",
-            format!("{draining} pod(s) draining: disconnects are planned, hold offline alerts"),
+            format!(
+                "planned disconnects under way since {}: {} closed on purpose, {} back; hold offline alerts",
+                m.started, m.planned_closes, m.connections_moved
+            ),
+        ),
+        _ => condition("Migrating", Some(false), "Idle", "no migration in progress".into()),
+    };
+    let pods_total = observed.pods.iter().filter(|p| !p.terminating).count() as i32;
+    let up_to_date_condition = if updated >= pods_total && pods_total >= desired {
+        condition(
+            "UpToDate",
+            Some(true),
+            "CurrentRevision",
+            format!("{updated} of {pods_total} pods run the current spec"),
         )
     } else {
         condition(
-            "Migrating",
+            "UpToDate",
             Some(false),
-            "Idle",
-            "no migration in progress".into(),
+            "RevisionPending",
+            format!(
+                "{updated} of {pods_total} pods run the current spec; the others change only when replaced (updateStrategy OnDelete)"
+            ),
+        )
+    };
+    let pending = not_honored(prc);
+    let honored_condition = if pending.is_empty() {
+        condition(
+            "SpecHonored",
+            Some(true),
+            "AllHonored",
+            "every setting is acted on".into(),
+        )
+    } else {
+        condition(
+            "SpecHonored",
+            Some(false),
+            "NotYetImplemented",
+            format!("not acted on yet: {}", pending.join("; ")),
         )
     };
 
     let phase = if observed.problem.is_some() {
         Phase::Degraded
-    } else if draining > 0 {
+    } else if observed.migrating {
         Phase::Draining
     } else if ready < desired {
         if ready == 0 {
@@ -183,6 +291,8 @@ pub fn compute(
         }
     } else if served_condition.status != "True" {
         Phase::Rotating
+    } else if up_to_date_condition.status != "True" {
+        Phase::Updating
     } else {
         Phase::Stable
     };
@@ -195,12 +305,32 @@ pub fn compute(
             served_condition,
             balanced_condition,
             migrating_condition,
+            up_to_date_condition,
+            honored_condition,
         ],
         replicas: observed.pods.len() as i32,
         ready_replicas: ready,
         ready: format!("{ready}/{desired}"),
         selector: workload::selector_string(&name),
         connections: connections as i64,
+        reporting_pods: reporting.len() as i32,
+        updated_replicas: updated,
+        pods: observed
+            .pods
+            .iter()
+            .map(|p| PodStatus {
+                name: p.name.clone(),
+                connections: p.report.as_ref().map(|r| r.connections.total as i64),
+                state: p.state().into(),
+                certificate: p
+                    .report
+                    .as_ref()
+                    .map(|r| short(&r.certificate.sha256).to_owned())
+                    .unwrap_or_default(),
+                up_to_date: p.up_to_date,
+            })
+            .collect(),
+        migration: observed.migration.clone(),
         imbalance: (imbalance * 100.0).round() / 100.0,
         certificate: observed.certificate.as_ref().map(|c| CertificateStatus {
             sha256: c.sha256.clone(),
@@ -211,13 +341,13 @@ pub fn compute(
 }
 
 /// Busiest pod ÷ mean; 1.0 when there is nothing to compare.
-fn imbalance(reports: &[&SidecarReport]) -> f64 {
-    let total: u64 = reports.iter().map(|r| r.connections).sum();
-    if reports.is_empty() || total == 0 {
+fn imbalance(connections: &[u64]) -> f64 {
+    let total: u64 = connections.iter().sum();
+    if connections.is_empty() || total == 0 {
         return 1.0;
     }
-    let mean = total as f64 / reports.len() as f64;
-    let max = reports.iter().map(|r| r.connections).max().unwrap_or(0) as f64;
+    let mean = total as f64 / connections.len() as f64;
+    let max = connections.iter().max().copied().unwrap_or(0) as f64;
     max / mean
 }
 
@@ -233,13 +363,15 @@ pub fn notices(
     let before = previous.map(|p| p.conditions.as_slice()).unwrap_or(&[]);
     new.conditions
         .iter()
+        // Migrations get their own Events, with figures (see the observer).
+        .filter(|c| c.type_ != "Migrating")
         .filter(|c| {
             !before
                 .iter()
                 .any(|b| b.type_ == c.type_ && b.status == c.status && b.reason == c.reason)
         })
         // The first report of a healthy fleet is noise; problems and recoveries are not.
-        .filter(|c| !(before.is_empty() && c.status == "True" && c.type_ != "Ready"))
+        .filter(|c| !(before.is_empty() && c.status != "False" && c.type_ != "Ready"))
         .map(|c| Notice {
             warning: c.status == "False"
                 && matches!(c.type_.as_str(), "Ready" | "CertificateServed"),
@@ -253,6 +385,7 @@ pub fn notices(
 mod tests {
     use super::*;
     use crate::testing::example;
+    use ballast_contract::report::{ConnectionCounts, ServedCertificate};
 
     fn cert(sha: &str) -> CertificateFacts {
         CertificateFacts {
@@ -268,11 +401,32 @@ mod tests {
         PodView {
             name: name.into(),
             ready: true,
-            report: Some(SidecarReport {
-                connections,
-                sha256: sha.into(),
-                draining: false,
+            terminating: false,
+            up_to_date: true,
+            report: Some(Report {
+                connections: ConnectionCounts {
+                    total: connections,
+                    on_current_certificate: connections,
+                    on_older_certificate: 0,
+                },
+                accepting: true,
+                upstream_reachable: true,
+                certificate: ServedCertificate {
+                    sha256: sha.into(),
+                    ..ServedCertificate::default()
+                },
+                ..Report::default()
             }),
+        }
+    }
+
+    fn observed(pods: Vec<PodView>, sha: &str) -> Observed {
+        Observed {
+            problem: None,
+            certificate: Some(cert(sha)),
+            pods,
+            migration: None,
+            migrating: false,
         }
     }
 
@@ -282,85 +436,133 @@ mod tests {
 
     #[test]
     fn a_healthy_fleet_is_stable_with_true_figures() {
-        let observed = Observed {
-            problem: None,
-            certificate: Some(cert("aaa")),
-            pods: vec![
+        let o = observed(
+            vec![
                 pod("edge-0", 100, "aaa"),
                 pod("edge-1", 100, "aaa"),
                 pod("edge-2", 160, "aaa"),
             ],
-        };
-        let s = compute(&example(), &observed, None, "2026-11-24T10:00:00Z");
+            "aaa",
+        );
+        let s = compute(&example(), &o, None, "2026-11-24T10:00:00Z");
         assert_eq!(s.phase, Phase::Stable);
-        assert_eq!((s.ready.as_str(), s.connections), ("3/3", 360));
+        assert_eq!(
+            (s.ready.as_str(), s.connections, s.reporting_pods),
+            ("3/3", 360, 3)
+        );
         assert_eq!(s.imbalance, 1.33);
         assert_eq!(find(&s, "Ready").status, "True");
         assert_eq!(find(&s, "Balanced").reason, "Imbalanced");
         assert_eq!(s.certificate.as_ref().unwrap().served, "3/3");
+        assert_eq!(s.pods[2].connections, Some(160));
         assert_eq!(s.observed_generation, Some(4));
-        assert_eq!(s.selector, "ballast.dev/presencecluster=edge");
+        assert_eq!(
+            find(&s, "SpecHonored").status,
+            "False",
+            "rebalancing is not built yet"
+        );
+    }
+
+    #[test]
+    fn without_reports_nothing_is_claimed() {
+        let mut silent = pod("edge-0", 0, "aaa");
+        silent.report = None;
+        let o = observed(vec![silent], "aaa");
+        let s = compute(&example(), &o, None, "2026-11-24T10:00:00Z");
+        assert_eq!(find(&s, "Balanced").status, "Unknown");
+        assert_eq!(find(&s, "CertificateServed").status, "Unknown");
+        assert_eq!(s.pods[0].connections, None);
+        assert_eq!(s.pods[0].state, "Silent");
+        let none = observed(vec![], "aaa");
+        let s = compute(&example(), &none, None, "2026-11-24T10:00:00Z");
+        assert_eq!(find(&s, "CertificateServed").reason, "NoReadyPods");
+        assert_eq!(find(&s, "CertificateServed").status, "Unknown");
     }
 
     #[test]
     fn a_problem_degrades_with_its_reason_and_warns_once() {
-        let observed = Observed {
+        let o = Observed {
             problem: Some(Problem {
                 reason: "SecretNotFound",
                 message: "Secret \"agents-tls\" does not exist".into(),
             }),
             certificate: None,
             pods: vec![],
+            migration: None,
+            migrating: false,
         };
-        let first = compute(&example(), &observed, None, "2026-11-24T10:00:00Z");
+        let first = compute(&example(), &o, None, "2026-11-24T10:00:00Z");
         assert_eq!(first.phase, Phase::Degraded);
         let ready = find(&first, "Ready");
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
             ("False", "SecretNotFound")
         );
-        let notices = notices(None, &first);
-        assert!(notices
+        assert!(notices(None, &first)
             .iter()
             .any(|n| n.warning && n.reason == "SecretNotFound"));
-        // Same state later: same transition time, no new Event.
-        let again = compute(&example(), &observed, Some(&first), "2026-11-24T10:05:00Z");
+        let again = compute(&example(), &o, Some(&first), "2026-11-24T10:05:00Z");
         assert_eq!(
             find(&again, "Ready").last_transition_time,
             "2026-11-24T10:00:00Z"
         );
-        assert!(super::notices(Some(&first), &again).is_empty());
+        assert!(notices(Some(&first), &again).is_empty());
     }
 
     #[test]
     fn pods_on_the_old_certificate_mean_a_rotation_in_progress() {
-        let observed = Observed {
-            problem: None,
-            certificate: Some(cert("new")),
-            pods: vec![
+        let o = observed(
+            vec![
                 pod("edge-0", 10, "new"),
                 pod("edge-1", 10, "old"),
                 pod("edge-2", 10, "new"),
             ],
-        };
-        let s = compute(&example(), &observed, None, "2026-11-24T10:00:00Z");
+            "new",
+        );
+        let s = compute(&example(), &o, None, "2026-11-24T10:00:00Z");
         assert_eq!(s.phase, Phase::Rotating);
         assert_eq!(find(&s, "CertificateServed").reason, "RotationInProgress");
         assert_eq!(s.certificate.unwrap().served, "2/3");
     }
 
     #[test]
-    fn missing_pods_are_not_ready_and_draining_is_announced() {
-        let mut draining = pod("edge-0", 10, "a");
-        draining.report.as_mut().unwrap().draining = true;
-        let observed = Observed {
-            problem: None,
-            certificate: Some(cert("a")),
-            pods: vec![draining, pod("edge-1", 10, "a")],
-        };
-        let s = compute(&example(), &observed, None, "2026-11-24T10:00:00Z");
+    fn a_spec_change_not_yet_on_the_pods_is_not_stable() {
+        let mut old = pod("edge-1", 10, "a");
+        old.up_to_date = false;
+        let o = observed(
+            vec![pod("edge-0", 10, "a"), old, pod("edge-2", 10, "a")],
+            "a",
+        );
+        let s = compute(&example(), &o, None, "2026-11-24T10:00:00Z");
+        assert_eq!((s.phase, s.updated_replicas), (Phase::Updating, 2));
+        assert_eq!(find(&s, "UpToDate").reason, "RevisionPending");
+    }
+
+    #[test]
+    fn draining_and_steered_pods_are_still_seen() {
+        let mut terminating = pod("edge-0", 10, "a");
+        terminating.terminating = true;
+        terminating.ready = false;
+        terminating.report.as_mut().unwrap().terminating = true;
+        let mut steered = pod("edge-1", 10, "a");
+        steered.ready = false;
+        steered.report.as_mut().unwrap().steered_away = true;
+        let mut o = observed(vec![terminating, steered, pod("edge-2", 10, "a")], "a");
+        o.migrating = true;
+        o.migration = Some(MigrationStatus {
+            started: "2026-11-24T10:00:00Z".into(),
+            planned_closes: 5,
+            ..MigrationStatus::default()
+        });
+        let s = compute(&example(), &o, None, "2026-11-24T10:00:00Z");
         assert_eq!(s.phase, Phase::Draining);
-        assert_eq!(find(&s, "Ready").reason, "PodsNotReady");
+        assert_eq!(
+            s.connections, 30,
+            "the terminating pod's agents are still counted"
+        );
+        assert_eq!(s.ready, "2/3", "steered is available, terminating is not");
         assert_eq!(find(&s, "Migrating").status, "True");
+        let states: Vec<&str> = s.pods.iter().map(|p| p.state.as_str()).collect();
+        assert_eq!(states, ["Terminating", "Steered", "Serving"]);
     }
 }

@@ -10,10 +10,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
-    LifecycleHandler, ObjectFieldSelector, PodSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec as CoreServiceSpec,
-    SleepAction, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapProjection, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSpec, Probe,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Service, ServiceAccountTokenProjection, ServicePort,
+    ServiceSpec as CoreServiceSpec, SleepAction, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -36,12 +37,41 @@ const GRACE_MARGIN_SECONDS: i64 = 30;
 /// How long the gateway outlives the drain window, for the last closes to complete.
 const GATEWAY_STOP_MARGIN_SECONDS: i64 = 5;
 
+/// Where the pod's projected report token, the operator's CA and the admin token are mounted.
+pub const REPORT_MOUNT: &str = "/var/run/secrets/ballast";
+pub const ADMIN_MOUNT: &str = "/etc/ballast/admin";
+/// Projected token lifetime; the kubelet renews it at 80%.
+const TOKEN_SECONDS: i64 = 3600;
+
 /// How pods reach each other's addresses; a property of the cluster, not of one resource.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Environment {
     /// Bind the sidecar to the pod IP (and reach the gateway there) instead of 0.0.0.0 and
     /// 127.0.0.1: needed where pods share one network namespace (the e2e process kubelet).
     pub bind_pod_ip: bool,
+    /// Where sidecars report; `None`: they report to no one and run on their own limits.
+    pub report: Option<ReportWiring>,
+}
+
+/// The report channel as the sidecars see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportWiring {
+    /// `host:port` of the operator's report Service.
+    pub address: String,
+    /// The name its certificate carries.
+    pub server_name: String,
+    /// The CA bundle sidecars verify it with (public).
+    pub ca_pem: String,
+}
+
+/// Name of the ConfigMap holding the operator's CA beside a cluster.
+pub fn operator_ca_name(name: &str) -> String {
+    format!("{name}-operator-ca")
+}
+
+/// Name of the Secret holding a cluster's admin token (for people's `/drain`).
+pub fn admin_token_name(name: &str) -> String {
+    format!("{name}-admin-token")
 }
 
 /// Everything one PresenceCluster owns.
@@ -51,6 +81,8 @@ pub struct Workload {
     pub service: Service,
     pub headless: Service,
     pub pdb: PodDisruptionBudget,
+    /// The operator's CA, when sidecars report.
+    pub operator_ca: Option<ConfigMap>,
 }
 
 /// Labels that select this cluster's pods.
@@ -102,6 +134,11 @@ pub fn build(prc: &PresenceCluster, env: &Environment) -> Workload {
         service: service(prc, &name),
         headless: headless(prc, &name),
         pdb: pdb(prc, &name),
+        operator_ca: env.report.as_ref().map(|r| ConfigMap {
+            metadata: owned_meta(prc, operator_ca_name(&name)),
+            data: Some(BTreeMap::from([("ca.crt".to_owned(), r.ca_pem.clone())])),
+            ..ConfigMap::default()
+        }),
     }
 }
 
@@ -122,7 +159,8 @@ fn statefulset(prc: &PresenceCluster, name: &str, env: &Environment) -> Stateful
         outlive_the_drain(gateway, drain_seconds);
     }
     pod.containers.push(sidecar_container(prc, env));
-    pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+    let volumes = pod.volumes.get_or_insert_with(Vec::new);
+    volumes.push(Volume {
         name: TLS_VOLUME.into(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(spec.tls.secret_name.clone()),
@@ -131,6 +169,18 @@ fn statefulset(prc: &PresenceCluster, name: &str, env: &Environment) -> Stateful
         }),
         ..Volume::default()
     });
+    volumes.push(Volume {
+        name: ADMIN_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(admin_token_name(name)),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
+    if env.report.is_some() {
+        volumes.push(report_volume(name));
+    }
     // The kubelet must wait for the whole drain before killing anything.
     let needed = drain_seconds + GRACE_MARGIN_SECONDS;
     pod.termination_grace_period_seconds = Some(
@@ -176,6 +226,45 @@ fn outlive_the_drain(gateway: &mut Container, drain_seconds: i64) {
     }
 }
 
+const ADMIN_VOLUME: &str = "ballast-admin";
+const REPORT_VOLUME: &str = "ballast-report";
+
+/// The pod's report credentials: a token the kubelet mints for this pod and our audience
+/// (bound to the pod, so it dies with it), and the CA the operator is verified with.
+fn report_volume(name: &str) -> Volume {
+    Volume {
+        name: REPORT_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(0o440),
+            sources: Some(vec![
+                VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(ballast_contract::TOKEN_AUDIENCE.into()),
+                        expiration_seconds: Some(TOKEN_SECONDS),
+                        path: "token".into(),
+                        ..ServiceAccountTokenProjection::default()
+                    }),
+                    ..VolumeProjection::default()
+                },
+                VolumeProjection {
+                    config_map: Some(ConfigMapProjection {
+                        name: operator_ca_name(name),
+                        items: Some(vec![KeyToPath {
+                            key: "ca.crt".into(),
+                            path: "ca.crt".into(),
+                            ..KeyToPath::default()
+                        }]),
+                        ..ConfigMapProjection::default()
+                    }),
+                    ..VolumeProjection::default()
+                },
+            ]),
+            ..ProjectedVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
 fn sidecar_container(prc: &PresenceCluster, env: &Environment) -> Container {
     let spec = &prc.spec;
     let bind = if env.bind_pod_ip {
@@ -190,7 +279,7 @@ fn sidecar_container(prc: &PresenceCluster, env: &Environment) -> Container {
     };
     let admin_port = spec.sidecar.admin_port;
     let drain = spec.migration.drain_timeout_seconds();
-    let args = vec![
+    let mut args = vec![
         format!("--listen={bind}:{}", spec.listener.port),
         format!("--admin={bind}:{admin_port}"),
         format!("--upstream={upstream}:{}", spec.gateway.port),
@@ -205,8 +294,37 @@ fn sidecar_container(prc: &PresenceCluster, env: &Environment) -> Container {
             spec.capacity.max_handshakes_per_second_per_pod
         ),
         format!("--shutdown-drain={drain}s"),
+        format!("--admin-token-file={ADMIN_MOUNT}/token"),
         "--log-format=json".into(),
     ];
+    let mut mounts = vec![
+        VolumeMount {
+            name: TLS_VOLUME.into(),
+            mount_path: TLS_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: ADMIN_VOLUME.into(),
+            mount_path: ADMIN_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    ];
+    if let Some(report) = &env.report {
+        args.extend([
+            format!("--operator={}", report.address),
+            format!("--operator-server-name={}", report.server_name),
+            format!("--operator-ca={REPORT_MOUNT}/ca.crt"),
+            format!("--operator-token-file={REPORT_MOUNT}/token"),
+        ]);
+        mounts.push(VolumeMount {
+            name: REPORT_VOLUME.into(),
+            mount_path: REPORT_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
     let http_probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -249,12 +367,7 @@ fn sidecar_container(prc: &PresenceCluster, env: &Environment) -> Container {
         ]),
         readiness_probe: Some(http_probe("/readyz", 2, 1)),
         liveness_probe: Some(http_probe("/healthz", 10, 3)),
-        volume_mounts: Some(vec![VolumeMount {
-            name: TLS_VOLUME.into(),
-            mount_path: TLS_MOUNT.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(mounts),
         resources: Some(
             spec.sidecar
                 .resources
@@ -329,7 +442,7 @@ fn headless(prc: &PresenceCluster, name: &str) -> Service {
         spec: Some(CoreServiceSpec {
             cluster_ip: Some("None".into()),
             selector: Some(selector_labels(name)),
-            // The operator reads every pod's /status, ready or not.
+            // Every pod keeps a stable DNS name, ready or not (people debugging a draining pod).
             publish_not_ready_addresses: Some(true),
             ports: Some(vec![
                 ServicePort {
@@ -479,10 +592,61 @@ mod tests {
 
     #[test]
     fn pods_can_bind_their_own_ip_where_pods_share_a_network() {
-        let w = build(&example(), &Environment { bind_pod_ip: true });
+        let w = build(
+            &example(),
+            &Environment {
+                bind_pod_ip: true,
+                report: None,
+            },
+        );
         let args = sidecar(&w).args.unwrap();
         assert!(args.contains(&"--listen=$(POD_IP):8443".to_owned()));
         assert!(args.contains(&"--upstream=$(POD_IP):8080".to_owned()));
+    }
+
+    #[test]
+    fn reporting_pods_get_a_bound_token_the_operators_ca_and_an_admin_token() {
+        let env = Environment {
+            bind_pod_ip: false,
+            report: Some(ReportWiring {
+                address: "ballast-operator.ballast-system.svc:9443".into(),
+                server_name: "ballast-operator.ballast-system.svc".into(),
+                ca_pem: "-----BEGIN CERTIFICATE-----".into(),
+            }),
+        };
+        let w = build(&example(), &env);
+        let args = sidecar(&w).args.unwrap();
+        for want in [
+            "--operator=ballast-operator.ballast-system.svc:9443",
+            "--operator-token-file=/var/run/secrets/ballast/token",
+            "--operator-ca=/var/run/secrets/ballast/ca.crt",
+            "--admin-token-file=/etc/ballast/admin/token",
+        ] {
+            assert!(args.contains(&want.to_owned()), "{want} in {args:?}");
+        }
+        let volumes = w.statefulset.spec.template.spec.unwrap().volumes.unwrap();
+        let projected = volumes
+            .iter()
+            .find_map(|v| v.projected.clone())
+            .expect("a projected volume");
+        let token = projected.sources.unwrap()[0]
+            .service_account_token
+            .clone()
+            .unwrap();
+        assert_eq!(
+            token.audience.as_deref(),
+            Some(ballast_contract::TOKEN_AUDIENCE)
+        );
+        let ca = w.operator_ca.expect("the CA beside the cluster");
+        assert_eq!(ca.metadata.name.as_deref(), Some("edge-operator-ca"));
+        assert!(ca.metadata.owner_references.is_some());
+        let without = build(&example(), &Environment::default());
+        assert!(without.operator_ca.is_none());
+        assert!(!sidecar(&without)
+            .args
+            .unwrap()
+            .iter()
+            .any(|a| a.starts_with("--operator")));
     }
 
     #[test]

@@ -1,0 +1,212 @@
+//! The reports' meeting point: the latest report of every gateway pod, and what the operator
+//! wants of each pod, turned into the directives of the next answer.
+//!
+//! The report server writes reports in and reads directives out; the observer reads reports
+//! and writes what it wants. Only plain data and short locks: nothing here waits on I/O.
+//! It must never invent a figure: a pod without a fresh report has none here, and the status
+//! says Unknown rather than zero.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ballast_contract::{Directives, DrainDirective, Report, PROTOCOL_VERSION};
+
+/// `(namespace, pod name)`.
+pub type PodKey = (String, String);
+
+/// A report as received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub report: Report,
+    pub at: Instant,
+    /// The PresenceCluster the pod belongs to (from the pod, not from the report).
+    pub cluster: String,
+    pub uid: String,
+}
+
+/// What the operator wants of one pod now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Wanted {
+    /// `Some(false)`: steer new connections away.
+    pub accepting: Option<bool>,
+    /// Close this many connections per second, paced, while it is wanted.
+    pub drain_per_second: Option<u64>,
+    /// Why, for the sidecar's log.
+    pub why: String,
+}
+
+struct Issued {
+    wanted: Wanted,
+    id: u64,
+    at: Instant,
+}
+
+/// Shared between the report server and the observer.
+pub struct Hub {
+    reports: Mutex<HashMap<PodKey, Received>>,
+    wanted: Mutex<HashMap<PodKey, Wanted>>,
+    issued: Mutex<HashMap<PodKey, Issued>>,
+    next_id: AtomicU64,
+    /// This replica holds the Lease: only the leader answers with directives.
+    pub leader: AtomicBool,
+    /// Lifetime of every directive issued.
+    pub lifetime: Duration,
+}
+
+impl Hub {
+    pub fn new(lifetime: Duration) -> Self {
+        // Ids start from the clock so that a restarted operator never repeats an id a sidecar
+        // still holds (a repeated id would only renew, not apply).
+        let seed = ballast_contract::clock::unix_now().max(0) as u64 * 1000;
+        Self {
+            reports: Mutex::default(),
+            wanted: Mutex::default(),
+            issued: Mutex::default(),
+            next_id: AtomicU64::new(seed),
+            leader: AtomicBool::new(false),
+            lifetime,
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
+    }
+
+    /// Stores a report and returns the directives for its pod.
+    pub fn receive(&self, key: PodKey, received: Received) -> Directives {
+        let now = received.at;
+        self.reports
+            .lock()
+            .expect("hub lock")
+            .insert(key.clone(), received);
+        self.directives_for(&key, now)
+    }
+
+    /// The latest report of every pod of `namespace/cluster`, received after `since`.
+    pub fn reports_of(
+        &self,
+        namespace: &str,
+        cluster: &str,
+        since: Instant,
+    ) -> HashMap<String, Received> {
+        self.reports
+            .lock()
+            .expect("hub lock")
+            .iter()
+            .filter(|((ns, _), r)| ns == namespace && r.cluster == cluster && r.at >= since)
+            .map(|((_, pod), r)| (pod.clone(), r.clone()))
+            .collect()
+    }
+
+    /// Replaces what is wanted of every pod (pods not named want nothing).
+    pub fn set_wanted(&self, pods: HashMap<PodKey, Wanted>) {
+        *self.wanted.lock().expect("hub lock") = pods
+            .into_iter()
+            .filter(|(_, w)| *w != Wanted::default())
+            .collect();
+    }
+
+    /// Forgets pods that are gone (their reports and directives).
+    pub fn forget(&self, keep: impl Fn(&PodKey) -> bool) {
+        self.reports
+            .lock()
+            .expect("hub lock")
+            .retain(|k, _| keep(k));
+        self.issued.lock().expect("hub lock").retain(|k, _| keep(k));
+    }
+
+    fn directives_for(&self, key: &PodKey, now: Instant) -> Directives {
+        let wanted = self
+            .wanted
+            .lock()
+            .expect("hub lock")
+            .get(key)
+            .cloned()
+            .unwrap_or_default();
+        let lifetime = self.lifetime.as_secs_f64();
+        let mut issued = self.issued.lock().expect("hub lock");
+        let previous = issued.get(key);
+        // A drain is issued as slices: each answer closes what one interval's worth of the rate
+        // is (the time since the previous answer, bounded), under a new id so it is applied.
+        let drain = wanted.drain_per_second.filter(|r| *r > 0).map(|rate| {
+            let since = previous
+                .map(|p| now.saturating_duration_since(p.at).as_secs_f64())
+                .unwrap_or(1.0)
+                .clamp(0.5, 2.0);
+            DrainDirective {
+                connections: (rate as f64 * since).ceil() as u64,
+                over_seconds: since.min(lifetime),
+                older_certificate_first: true,
+                why: wanted.why.clone(),
+            }
+        });
+        let id = match previous {
+            Some(p) if p.wanted == wanted && drain.is_none() => p.id,
+            _ => self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+        };
+        issued.insert(
+            key.clone(),
+            Issued {
+                wanted: wanted.clone(),
+                id,
+                at: now,
+            },
+        );
+        Directives {
+            protocol_version: PROTOCOL_VERSION,
+            id,
+            expires_in_seconds: lifetime,
+            accepting: wanted.accepting,
+            admission_quota: None,
+            drain,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn received(at: Instant) -> Received {
+        Received {
+            report: Report::default(),
+            at,
+            cluster: "edge".into(),
+            uid: "u".into(),
+        }
+    }
+
+    #[test]
+    fn unchanged_wishes_keep_their_id_and_drains_come_in_valid_slices() {
+        let hub = Hub::new(Duration::from_secs(5));
+        let key: PodKey = ("ns".into(), "edge-0".into());
+        let t0 = Instant::now();
+        let first = hub.receive(key.clone(), received(t0));
+        let again = hub.receive(key.clone(), received(t0 + Duration::from_secs(1)));
+        assert_eq!(first.id, again.id, "nothing new: same id, only renewed");
+        assert_eq!((again.accepting, again.drain.clone()), (None, None));
+
+        hub.set_wanted(HashMap::from([(
+            key.clone(),
+            Wanted {
+                accepting: Some(false),
+                drain_per_second: Some(20),
+                why: "test".into(),
+            },
+        )]));
+        let a = hub.receive(key.clone(), received(t0 + Duration::from_secs(2)));
+        let b = hub.receive(key.clone(), received(t0 + Duration::from_secs(3)));
+        assert_ne!(a.id, b.id, "every slice is a new directive");
+        assert_eq!(b.accepting, Some(false));
+        assert_eq!(b.drain.as_ref().unwrap().connections, 20);
+        assert_eq!(b.validate(), Ok(()));
+
+        let reports = hub.reports_of("ns", "edge", t0);
+        assert!(reports.contains_key("edge-0"));
+        assert!(hub.reports_of("ns", "other", t0).is_empty());
+        hub.forget(|_| false);
+        assert!(hub.reports_of("ns", "edge", t0).is_empty());
+    }
+}

@@ -1,0 +1,352 @@
+//! The fast loop: every second, for every PresenceCluster, what its pods report, what its
+//! Secret holds, what a person asked of its pods — turned into the status, the Events, the
+//! metrics, and the directives the report server hands out.
+//!
+//! The reconcile (slow, on spec changes) builds and applies objects; this loop only observes
+//! and writes `status`, at most once a second per cluster and only when it changed, so fast
+//! figures never retrigger a reconcile (the controller ignores status-only changes). A Secret
+//! whose resourceVersion changed triggers a reconcile at once, so a renewal is validated
+//! within a second or two with nothing more than `get` on that one Secret.
+//!
+//! People steer through pod annotations, which the operator turns into directives:
+//! `ballast.dev/accepting: "false"` keeps new connections away from a pod (its readiness
+//! fails while the directive is in force) and `ballast.dev/drain-per-second: "N"` closes N of
+//! its connections per second, paced. The fleet is never left with no pod taking new agents:
+//! steering that would leave none is refused with a Warning Event. Runs on the leader only.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::channel::mpsc::UnboundedSender;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use crate::crd::PresenceCluster;
+use crate::hub::{Hub, PodKey, Wanted};
+use crate::metrics::Metrics;
+use crate::migration::{Change, Tick, Tracker};
+use crate::reconcile::MANAGER;
+use crate::report_server::gateway_of;
+use crate::status::{self, Observed, PodView};
+use crate::validate;
+
+/// Annotation: `"false"` steers new connections away from the pod.
+pub const ACCEPTING_ANNOTATION: &str = "ballast.dev/accepting";
+/// Annotation: close this many of the pod's connections per second.
+pub const DRAIN_ANNOTATION: &str = "ballast.dev/drain-per-second";
+/// A report older than this is not believed.
+const FRESH: Duration = Duration::from_secs(3);
+
+/// What the loop needs.
+pub struct Observer {
+    pub client: Client,
+    pub hub: Arc<Hub>,
+    pub pods: Store<Pod>,
+    pub statefulsets: Store<StatefulSet>,
+    pub clusters: Store<PresenceCluster>,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    /// Asks the controller to reconcile a cluster now.
+    pub reconcile: UnboundedSender<ObjectRef<PresenceCluster>>,
+    pub interval: Duration,
+}
+
+#[derive(Default)]
+struct ClusterMemory {
+    secret_version: Option<String>,
+    tracker: Tracker,
+    /// Closes counted so far, per pod sequence, so each report's deltas count once.
+    counted: HashMap<String, u64>,
+    steering_refused: bool,
+}
+
+impl Observer {
+    pub async fn run(self) {
+        let mut memory: HashMap<(String, String), ClusterMemory> = HashMap::new();
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let mut wanted: HashMap<PodKey, Wanted> = HashMap::new();
+            let clusters = self.clusters.state();
+            for prc in &clusters {
+                let (Some(ns), name) = (prc.namespace(), prc.name_any()) else {
+                    continue;
+                };
+                let mem = memory.entry((ns.clone(), name.clone())).or_default();
+                if let Err(err) = self.observe(prc, &ns, &name, mem, &mut wanted).await {
+                    tracing::debug!(namespace = %ns, %name, error = %err, "observation incomplete");
+                }
+            }
+            memory.retain(|(ns, name), _| {
+                clusters
+                    .iter()
+                    .any(|p| p.namespace().as_deref() == Some(ns) && &p.name_any() == name)
+            });
+            self.hub.set_wanted(wanted);
+            let pods = self.pods.clone();
+            self.hub
+                .forget(|(ns, pod)| pods.get(&ObjectRef::new(pod).within(ns)).is_some());
+        }
+    }
+
+    async fn observe(
+        &self,
+        prc: &PresenceCluster,
+        ns: &str,
+        name: &str,
+        mem: &mut ClusterMemory,
+        wanted: &mut HashMap<PodKey, Wanted>,
+    ) -> Result<(), kube::Error> {
+        let secret_name = &prc.spec.tls.secret_name;
+        let secret = Api::<Secret>::namespaced(self.client.clone(), ns)
+            .get_opt(secret_name)
+            .await?;
+        let version = secret.as_ref().and_then(|s| s.resource_version());
+        if mem.secret_version.is_some() && version != mem.secret_version {
+            tracing::info!(namespace = %ns, %name, secret = %secret_name, "Secret changed: reconciling now");
+            let _ = self.reconcile.unbounded_send(ObjectRef::from_obj(prc));
+        }
+        mem.secret_version = version.or(Some(String::new()));
+        let certificate = validate::secret(secret.as_ref(), secret_name, SystemTime::now());
+        let problem = validate::template(prc)
+            .err()
+            .or_else(|| certificate.as_ref().err().cloned());
+
+        let revision = self
+            .statefulsets
+            .get(&ObjectRef::new(name).within(ns))
+            .and_then(|s| s.status.as_ref()?.update_revision.clone());
+        let now = Instant::now();
+        let reports = self
+            .hub
+            .reports_of(ns, name, now.checked_sub(FRESH).unwrap_or(now));
+        let mut pods: Vec<Arc<Pod>> = self
+            .pods
+            .state()
+            .into_iter()
+            .filter(|p| {
+                p.namespace().as_deref() == Some(ns) && gateway_of(p).as_deref() == Some(name)
+            })
+            .collect();
+        pods.sort_by_key(|p| p.name_any());
+        let views: Vec<PodView> = pods
+            .iter()
+            .map(|p| PodView {
+                name: p.name_any(),
+                ready: is_ready(p),
+                terminating: p.metadata.deletion_timestamp.is_some(),
+                up_to_date: revision.is_some()
+                    && p.labels().get("controller-revision-hash") == revision.as_ref(),
+                report: reports
+                    .get(&p.name_any())
+                    .filter(|r| Some(r.uid.as_str()) == p.metadata.uid.as_deref())
+                    .map(|r| r.report.clone()),
+            })
+            .collect();
+
+        // What people asked of the pods, kept safe.
+        let mut asked: HashMap<String, Wanted> = pods
+            .iter()
+            .map(|p| (p.name_any(), wanted_of(p)))
+            .filter(|(_, w)| *w != Wanted::default())
+            .collect();
+        let takers = views.iter().filter(|v| v.available()).count();
+        let steered = views
+            .iter()
+            .filter(|v| {
+                v.available()
+                    && asked
+                        .get(&v.name)
+                        .is_some_and(|w| w.accepting == Some(false))
+            })
+            .count();
+        let refuse = takers > 0 && steered >= takers;
+        if refuse {
+            for w in asked.values_mut() {
+                w.accepting = None;
+            }
+        }
+        if refuse != mem.steering_refused {
+            mem.steering_refused = refuse;
+            if refuse {
+                self.event(prc, true, "SteeringRefused", format!(
+                    "every available pod is annotated {ACCEPTING_ANNOTATION}=false; steering none of them, so new agents still have somewhere to go"
+                )).await;
+            }
+        }
+        for (pod, w) in asked {
+            wanted.insert((ns.to_owned(), pod), w);
+        }
+
+        // Closes since last tick, each report's deltas counted once (by sequence).
+        let (mut planned, mut unplanned) = (0, 0);
+        for (pod, r) in &reports {
+            let seen = mem.counted.get(pod).copied().unwrap_or(0);
+            if r.report.sequence != seen {
+                planned += r.report.closed.get("drain").copied().unwrap_or(0);
+                unplanned += r.report.closed.get("upstream").copied().unwrap_or(0);
+                mem.counted.insert(pod.clone(), r.report.sequence);
+            }
+        }
+        self.metrics.closes(ns, name, planned, unplanned);
+        let draining: BTreeSet<String> = reports
+            .iter()
+            .filter(|(_, r)| r.report.draining.is_some())
+            .map(|(p, _)| p.clone())
+            .collect();
+        let connections: u64 = views
+            .iter()
+            .filter_map(|v| v.report.as_ref())
+            .map(|r| r.connections.total)
+            .sum();
+        let offline =
+            ballast_contract::duration::parse_duration(&prc.spec.presence.offline_threshold)
+                .unwrap_or(Duration::from_secs(60));
+        let change = mem.tracker.update(
+            &Tick {
+                now: ballast_contract::clock::unix_now(),
+                connections: connections as i64,
+                draining,
+                planned,
+                unplanned,
+                budget_per_second: i64::from(prc.spec.migration.max_reconnects_per_second),
+            },
+            offline,
+        );
+
+        let observed = Observed {
+            problem,
+            certificate: certificate.ok(),
+            pods: views,
+            migration: mem.tracker.status().cloned(),
+            migrating: mem.tracker.active(),
+        };
+        let now_text = ballast_contract::clock::rfc3339(ballast_contract::clock::unix_now());
+        let new = status::compute(prc, &observed, prc.status.as_ref(), &now_text);
+        if prc.status.as_ref() != Some(&new) {
+            let patch = serde_json::json!({
+                "apiVersion": "ballast.dev/v1alpha1",
+                "kind": "PresenceCluster",
+                "status": new,
+            });
+            Api::<PresenceCluster>::namespaced(self.client.clone(), ns)
+                .patch_status(
+                    name,
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(&patch),
+                )
+                .await?;
+        }
+        for notice in status::notices(prc.status.as_ref(), &new) {
+            self.event(prc, notice.warning, &notice.reason, notice.message)
+                .await;
+        }
+        match change {
+            Some(Change::Started(m)) => {
+                self.event(prc, false, "MigrationStarted", format!(
+                    "planned disconnects started with {} agents connected; budget {}/s; offline alerts should hold (Migrating=True)",
+                    m.connections_before, m.budget_per_second
+                )).await;
+            }
+            Some(Change::Finished(m)) => {
+                self.event(prc, false, "MigrationFinished", format!(
+                    "{} planned closes, {} agents back, {} unplanned closes, {} of {} pods drained",
+                    m.planned_closes, m.connections_moved, m.unplanned_closes, m.pods_done, m.pods_total
+                )).await;
+            }
+            None => {}
+        }
+        self.metrics.observe(ns, name, &new);
+        Ok(())
+    }
+
+    async fn event(&self, prc: &PresenceCluster, warning: bool, reason: &str, note: String) {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note),
+            action: "Observe".into(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, &prc.object_ref(&())).await {
+            tracing::warn!(error = %err, "could not publish an Event");
+        }
+    }
+}
+
+/// What a pod's annotations ask.
+fn wanted_of(pod: &Pod) -> Wanted {
+    let a = pod.annotations();
+    let accepting = match a.get(ACCEPTING_ANNOTATION).map(String::as_str) {
+        Some("false") => Some(false),
+        _ => None,
+    };
+    let drain_per_second = a
+        .get(DRAIN_ANNOTATION)
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|n| *n > 0);
+    let why = match (accepting, drain_per_second) {
+        (Some(false), Some(n)) => format!("annotated: steered away, draining {n}/s"),
+        (Some(false), None) => "annotated: steered away".into(),
+        (_, Some(n)) => format!("annotated: draining {n}/s"),
+        _ => String::new(),
+    };
+    Wanted {
+        accepting,
+        drain_per_second,
+        why,
+    }
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn annotated(pairs: &[(&str, &str)]) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                annotations: Some(
+                    pairs
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn annotations_become_wishes_and_nonsense_is_ignored() {
+        assert_eq!(wanted_of(&annotated(&[])), Wanted::default());
+        let w = wanted_of(&annotated(&[
+            (ACCEPTING_ANNOTATION, "false"),
+            (DRAIN_ANNOTATION, "20"),
+        ]));
+        assert_eq!((w.accepting, w.drain_per_second), (Some(false), Some(20)));
+        let w = wanted_of(&annotated(&[
+            (ACCEPTING_ANNOTATION, "maybe"),
+            (DRAIN_ANNOTATION, "-3"),
+        ]));
+        assert_eq!(w, Wanted::default());
+    }
+}
