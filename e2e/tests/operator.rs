@@ -82,28 +82,28 @@ async fn operator_end_to_end() {
     let chart = workspace().join("charts/ballast");
     let (ok, out) = lc.run("helm", &["lint", chart.to_str().unwrap()]);
     assert!(ok && out.contains("0 chart(s) failed"), "helm lint:\n{out}");
-    let (ok, out) = lc.run(
-        "helm",
-        &[
-            "install",
-            "ballast",
-            chart.to_str().unwrap(),
-            "--namespace",
-            OPERATOR_NS,
-            "--create-namespace",
-            "--set",
-            "bindPodIP=true",
-            "--set",
-            "replicas=2",
-            "--set",
-            "resync=2s",
-            "--set",
-            "logFormat=text",
-            "--wait",
-            "--timeout",
-            "120s",
-        ],
-    );
+    let report = lc.report_values();
+    let mut args = vec![
+        "install",
+        "ballast",
+        chart.to_str().unwrap(),
+        "--namespace",
+        OPERATOR_NS,
+        "--create-namespace",
+        "--set",
+        "bindPodIP=true",
+        "--set",
+        "replicas=2",
+        "--set",
+        "resync=2s",
+        "--set",
+        "logFormat=text",
+        "--wait",
+        "--timeout",
+        "120s",
+    ];
+    args.extend(report.iter().map(String::as_str));
+    let (ok, out) = lc.run("helm", &args);
     assert!(ok, "helm install failed:\n{out}");
     step!("helm install: operator Deployment ready");
     let operator_pods: Api<Pod> = Api::namespaced(lc.client.clone(), OPERATOR_NS);
@@ -236,37 +236,555 @@ async fn operator_end_to_end() {
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(lc.client.clone(), NS);
     assert!(pdbs.get_opt("edge").await.unwrap().is_some());
 
-    // Agents through the Service; the printer columns must show what the sidecars report.
-    let targets = ballast_e2e::endpoints::targets(&lc.client, NS, "edge", Some("tls"))
-        .await
-        .unwrap();
-    assert_eq!(targets.len(), 3);
+    // Agents through the Service, as kube-proxy would route them: every attempt picks among
+    // the endpoints that are ready now (followed every 500 ms).
+    let (targets, _follower) = ballast_e2e::endpoints::follow(
+        lc.client.clone(),
+        NS,
+        "edge",
+        Some("tls"),
+        ballast_e2e::endpoints::FOLLOW_EVERY,
+    )
+    .await
+    .unwrap();
+    assert_eq!(targets.snapshot().len(), 3);
     let ca_pem = String::from_utf8(
         secrets.get("agents-tls").await.unwrap().data.unwrap()["ca.crt"]
             .0
             .clone(),
     )
     .unwrap();
-    let mut config = FleetConfig::new(targets, 150, ca_pem);
-    config.duration = Duration::from_secs(600);
+    const AGENTS: usize = 1_500;
+    let mut config = FleetConfig::new(targets.clone(), AGENTS, ca_pem.clone());
+    config.duration = Duration::from_secs(900);
+    config.ramp = Duration::from_secs(10);
     let fleet = Fleet::start(config).unwrap();
     fleet
-        .wait_connected(150, Duration::from_secs(30))
+        .wait_connected(AGENTS, Duration::from_secs(90))
         .await
         .unwrap();
-    eventually(
-        "status counts 150 connections",
+    let pods: Api<Pod> = Api::namespaced(lc.client.clone(), NS);
+    let ip_of = |pod: &Pod| pod.status.as_ref().unwrap().pod_ip.clone().unwrap();
+    // Status equals the fleet's own count, in total and per pod, from the reports alone.
+    let per_pod = eventually(
+        "status matches the fleet's count per pod",
         Duration::from_secs(30),
         || async {
             let s = prc_status(&lc, "edge").await?;
-            if s["connections"] == 150 && s["phase"] == "Stable" {
-                Ok(())
+            let live = fleet.stats();
+            let mut per_pod = Vec::new();
+            for entry in s["pods"].as_array().cloned().unwrap_or_default() {
+                let name = entry["name"].as_str().unwrap_or("").to_owned();
+                let pod = pods.get(&name).await.map_err(|e| e.to_string())?;
+                let seen = live
+                    .per_target
+                    .get(&format!("{}:8443", ip_of(&pod)))
+                    .copied()
+                    .unwrap_or(0) as i64;
+                let reported = entry["connections"].as_i64().unwrap_or(-1);
+                if (reported - seen).abs() as f64 > 0.01 * seen.max(1) as f64 {
+                    return Err(format!("{name}: status {reported}, fleet {seen}"));
+                }
+                per_pod.push((name, reported));
+            }
+            let total = s["connections"].as_i64().unwrap_or(0);
+            if per_pod.len() == 3
+                && s["reportingPods"] == 3
+                && (total - live.connected as i64).abs() as f64 <= 0.01 * live.connected as f64
+                && s["phase"] == "Stable"
+            {
+                Ok(per_pod)
             } else {
-                Err(format!("status: {s}"))
+                Err(format!("fleet {} connected; status: {s}", live.connected))
             }
         },
     )
     .await;
+    step!("{AGENTS} agents: status per pod {per_pod:?} equals the fleet's own count, from authenticated reports");
+    // Refreshed at least every 2 s: connections on one pod move, status follows.
+    let operator_ca = {
+        let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+            Api::namespaced(lc.client.clone(), NS);
+        let cm = cms.get("edge-operator-ca").await.unwrap();
+        let path = lc.dir.join("operator-ca.pem");
+        std::fs::write(&path, &cm.data.unwrap()["ca.crt"]).unwrap();
+        path
+    };
+
+    // ------------------------------------------------------------ refusals
+    let edge0 = pods.get("edge-0").await.unwrap();
+    let token_for = |pod: Pod, audience: &'static str| {
+        let client = lc.client.clone();
+        async move {
+            let ns = pod.metadata.namespace.clone().unwrap();
+            let sa = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_else(|| "default".into());
+            let api: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client, &ns);
+            let body = json!({
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "spec": {
+                    "audiences": [audience],
+                    "expirationSeconds": 600,
+                    "boundObjectRef": {"kind": "Pod", "apiVersion": "v1",
+                        "name": pod.metadata.name, "uid": pod.metadata.uid},
+                },
+            });
+            let granted: k8s_openapi::api::authentication::v1::TokenRequest = api
+                .create_subresource("token", &sa, &PostParams::default(), &body)
+                .await
+                .unwrap();
+            granted.status.unwrap().token.expect("a token")
+        }
+    };
+    let report_as = |token: Option<String>, source: Option<String>| {
+        let mut args = vec![
+            "-s".to_owned(),
+            "-w".into(),
+            "\n%{http_code}".into(),
+            "--max-time".into(),
+            "5".into(),
+            "--cacert".into(),
+            operator_ca.display().to_string(),
+            "-H".into(),
+            "content-type: application/json".into(),
+            "--data".into(),
+            "{}".into(),
+        ];
+        if let Some(t) = token {
+            args.extend(["-H".into(), format!("Authorization: Bearer {t}")]);
+        }
+        if let Some(ip) = source {
+            args.extend(["--interface".into(), ip]);
+        }
+        args.push(format!("https://{}/v1/report", lc.report_address));
+        // Each curl is a new connection, which the kernel gives to either replica; a replica
+        // that is not the leader answers not_leader to anyone: ask again, as a sidecar would.
+        let mut code = String::new();
+        for _ in 0..40 {
+            let out = std::process::Command::new("curl")
+                .args(&args)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+            code = status.to_owned();
+            if !body.contains("not_leader") {
+                break;
+            }
+        }
+        code
+    };
+    let good = token_for(edge0.clone(), ballast_contract::TOKEN_AUDIENCE).await;
+    let wrong_audience = token_for(edge0.clone(), "https://kubernetes.default.svc").await;
+    let operator_pod = operator_pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=ballast-operator"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .next()
+        .unwrap();
+    let outsider = token_for(operator_pod.clone(), ballast_contract::TOKEN_AUDIENCE).await;
+    // The pod's own token from its own address: answered by the leader.
+    assert_eq!(report_as(Some(good.clone()), Some(ip_of(&edge0))), "200");
+    assert_eq!(report_as(None, None), "401", "no token");
+    assert_eq!(
+        report_as(Some(wrong_audience), Some(ip_of(&edge0))),
+        "401",
+        "wrong audience"
+    );
+    assert_eq!(
+        report_as(Some(good.clone()), None),
+        "403",
+        "edge-0's token from elsewhere"
+    );
+    assert_eq!(
+        report_as(Some(outsider), Some(ip_of(&operator_pod))),
+        "403",
+        "a pod no PresenceCluster owns"
+    );
+    let leader_metrics = || {
+        let leases = leases.clone();
+        let operator_pods = operator_pods.clone();
+        async move {
+            let holder = leases
+                .get("ballast-operator")
+                .await
+                .unwrap()
+                .spec
+                .unwrap()
+                .holder_identity
+                .unwrap();
+            let ip = operator_pods
+                .get(&holder)
+                .await
+                .unwrap()
+                .status
+                .unwrap()
+                .pod_ip
+                .unwrap();
+            http_get(format!("{ip}:8080").parse().unwrap(), "/metrics")
+                .await
+                .unwrap()
+                .1
+        }
+    };
+    let metrics = leader_metrics().await;
+    for reason in ["no_token", "invalid_token", "wrong_source", "unknown_pod"] {
+        let line = format!("ballast_operator_report_refusals_total{{reason=\"{reason}\"}} ");
+        let n: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        assert!(n >= 1.0, "{reason} not counted:\n{metrics}");
+    }
+    // /drain without the admin token, from inside the pod (its own address): refused.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--interface",
+            &ip_of(&edge0),
+            "-X",
+            "POST",
+            "--data",
+            r#"{"connections": 1, "over_seconds": 1}"#,
+            &format!("http://{}:9901/drain", ip_of(&edge0)),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "401",
+        "drain without the admin token"
+    );
+    step!("refused and counted: no token, wrong audience, another pod's token, a pod outside any PresenceCluster; /drain without the admin token refused from inside the pod");
+
+    // ------------------------------------------------------------ steering
+    let annotate = |pod: &str, kv: &[&str]| {
+        let mut args = vec!["annotate", "pod", pod, "-n", NS, "--overwrite"];
+        args.extend(kv);
+        let (ok, out) = lc.run("kubectl", &args);
+        assert!(ok, "{out}");
+    };
+    let edge0_addr = format!("{}:8443", ip_of(&edge0));
+    annotate("edge-0", &["ballast.dev/accepting=false"]);
+    let t = std::time::Instant::now();
+    eventually(
+        "edge-0 leaves the Service's endpoints",
+        Duration::from_secs(20),
+        || async {
+            if targets
+                .snapshot()
+                .iter()
+                .any(|a| a.to_string() == edge0_addr)
+            {
+                Err("still an endpoint".to_string())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    step!(
+        "steered away: edge-0 left the endpoints {:.1}s after the annotation",
+        t.elapsed().as_secs_f64()
+    );
+    let before = fleet
+        .stats()
+        .per_target
+        .get(&edge0_addr)
+        .copied()
+        .unwrap_or(0);
+    let mut more = FleetConfig::new(targets.clone(), 150, ca_pem.clone());
+    more.duration = Duration::from_secs(600);
+    let newcomers = Fleet::start(more).unwrap();
+    newcomers
+        .wait_connected(150, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        newcomers
+            .stats()
+            .per_target
+            .get(&edge0_addr)
+            .copied()
+            .unwrap_or(0),
+        0,
+        "new agents land only on the others"
+    );
+    assert!(
+        fleet
+            .stats()
+            .per_target
+            .get(&edge0_addr)
+            .copied()
+            .unwrap_or(0)
+            >= before.saturating_sub(5),
+        "steering moved no one"
+    );
+    let s = prc_status(&lc, "edge").await.unwrap();
+    assert_eq!(
+        s["ready"], "3/3",
+        "a steered pod is available, not broken: {s}"
+    );
+    annotate("edge-0", &["ballast.dev/accepting-"]);
+    eventually(
+        "edge-0 back in the endpoints",
+        Duration::from_secs(20),
+        || async {
+            if targets
+                .snapshot()
+                .iter()
+                .any(|a| a.to_string() == edge0_addr)
+            {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        },
+    )
+    .await;
+    let mut again = FleetConfig::new(targets.clone(), 150, ca_pem.clone());
+    again.duration = Duration::from_secs(600);
+    let latecomers = Fleet::start(again).unwrap();
+    latecomers
+        .wait_connected(150, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let on_edge0 = latecomers
+        .stats()
+        .per_target
+        .get(&edge0_addr)
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        on_edge0 > 0,
+        "steering resumed: new agents reach edge-0 again"
+    );
+    step!(
+        "steering: 0 of 150 new agents on edge-0 while steered; {on_edge0} of 150 after it resumed"
+    );
+
+    // ------------------------------------------------------------ the operator gone
+    let edge1 = pods.get("edge-1").await.unwrap();
+    let edge1_admin: std::net::SocketAddr = format!("{}:9901", ip_of(&edge1)).parse().unwrap();
+    let sidecar_metric = |name: &'static str| async move {
+        let (_, text) = http_get(edge1_admin, "/metrics").await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    annotate(
+        "edge-1",
+        &[
+            "ballast.dev/accepting=false",
+            "ballast.dev/drain-per-second=3",
+        ],
+    );
+    eventually(
+        "edge-1 steered and draining",
+        Duration::from_secs(20),
+        || async {
+            let steered = sidecar_metric("ballast_sidecar_steered_away ").await;
+            let drained =
+                sidecar_metric("ballast_sidecar_connections_closed_total{cause=\"drain\"} ").await;
+            if steered == 1.0 && drained >= 3.0 {
+                Ok(())
+            } else {
+                Err(format!("steered {steered}, drained {drained}"))
+            }
+        },
+    )
+    .await;
+    let (ok, out) = lc.run(
+        "kubectl",
+        &[
+            "scale",
+            "deployment",
+            "ballast",
+            "-n",
+            OPERATOR_NS,
+            "--replicas=0",
+        ],
+    );
+    assert!(ok, "{out}");
+    let t = std::time::Instant::now();
+    eventually(
+        "edge-1's directives lapse",
+        Duration::from_secs(30),
+        || async {
+            let lapses = sidecar_metric("ballast_sidecar_directive_lapses_total ").await;
+            if lapses >= 1.0 {
+                Ok(())
+            } else {
+                Err("no lapse yet".to_string())
+            }
+        },
+    )
+    .await;
+    let lapsed_after = t.elapsed().as_secs_f64();
+    let drained =
+        sidecar_metric("ballast_sidecar_connections_closed_total{cause=\"drain\"} ").await;
+    // The whole next 5 s: no planned close, readiness back, serving.
+    let window = std::time::Instant::now();
+    while window.elapsed() < Duration::from_secs(5) {
+        let now =
+            sidecar_metric("ballast_sidecar_connections_closed_total{cause=\"drain\"} ").await;
+        assert!(
+            now <= drained + 1.0,
+            "the drain went on after the lapse: {drained} → {now}"
+        );
+        assert_eq!(sidecar_metric("ballast_sidecar_steered_away ").await, 0.0);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (code, _) = http_get(edge1_admin, "/readyz").await.unwrap();
+    assert_eq!(code, 200, "readiness back without the operator");
+    annotate(
+        "edge-1",
+        &["ballast.dev/accepting-", "ballast.dev/drain-per-second-"],
+    );
+    let (ok, out) = lc.run(
+        "kubectl",
+        &[
+            "scale",
+            "deployment",
+            "ballast",
+            "-n",
+            OPERATOR_NS,
+            "--replicas=2",
+        ],
+    );
+    assert!(ok, "{out}");
+    step!("operator scaled to 0: edge-1's directives lapsed {lapsed_after:.1}s later, its drain stopped at {drained} closes, readiness back, serving");
+    eventually(
+        "reports answered again",
+        Duration::from_secs(90),
+        || async {
+            let s = prc_status(&lc, "edge").await?;
+            let live = fleet.stats().connected
+                + newcomers.stats().connected
+                + latecomers.stats().connected;
+            let total = s["connections"].as_i64().unwrap_or(0);
+            if s["reportingPods"] == 3 && (total - live as i64).abs() as f64 <= 0.01 * live as f64 {
+                Ok(())
+            } else {
+                Err(format!("fleet {live}; status {s}"))
+            }
+        },
+    )
+    .await;
+
+    // ------------------------------------------------------------ a pod deleted with agents
+    let s = prc_status(&lc, "edge").await.unwrap();
+    let holding = s["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "edge-2")
+        .unwrap()["connections"]
+        .as_i64()
+        .unwrap();
+    pods.delete("edge-2", &DeleteParams::default())
+        .await
+        .unwrap();
+    let during = eventually(
+        "Migrating=True during edge-2's drain",
+        Duration::from_secs(20),
+        || async {
+            let s = prc_status(&lc, "edge").await?;
+            if condition(&s, "Migrating")["status"] == "True"
+                && s["migration"]["plannedCloses"].as_i64().unwrap_or(0) > 0
+            {
+                Ok(s)
+            } else {
+                Err(format!("status {s}"))
+            }
+        },
+    )
+    .await;
+    let after = eventually(
+        "Migrating=False once the agents are back",
+        Duration::from_secs(60),
+        || async {
+            let s = prc_status(&lc, "edge").await?;
+            if condition(&s, "Migrating")["status"] == "False"
+                && s["migration"]["finished"].is_string()
+            {
+                Ok(s)
+            } else {
+                Err(format!("status {s}"))
+            }
+        },
+    )
+    .await;
+    let m = &after["migration"];
+    let planned = m["plannedCloses"].as_i64().unwrap();
+    assert!(
+        (planned - holding).abs() as f64 <= 0.02 * holding as f64 + 2.0,
+        "planned closes {planned} vs {holding} agents on edge-2"
+    );
+    assert_eq!(
+        m["connectionsMoved"], m["plannedCloses"],
+        "every moved agent came back: {m}"
+    );
+    assert_eq!(m["unplannedCloses"], 0);
+    let events: Api<Event> = Api::namespaced(lc.client.clone(), NS);
+    let list = events.list(&ListParams::default()).await.unwrap();
+    for reason in ["MigrationStarted", "MigrationFinished"] {
+        assert!(
+            list.items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some(reason)),
+            "no {reason} Event"
+        );
+    }
+    step!("edge-2 deleted holding {holding} agents: Migrating=True during the drain ({}), then False: {m}", during["migration"]);
+
+    // ------------------------------------------------------------ a spec change not yet rolled
+    prc_api(&lc)
+        .patch("edge", &PatchParams::default(), &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {"example.com/revision": "2"}}}}})))
+        .await
+        .unwrap();
+    let s = eventually(
+        "status says the pods run the old spec",
+        Duration::from_secs(30),
+        || async {
+            let s = prc_status(&lc, "edge").await?;
+            if s["phase"] == "Updating" && condition(&s, "UpToDate")["status"] == "False" {
+                Ok(s)
+            } else {
+                Err(format!("status {s}"))
+            }
+        },
+    )
+    .await;
+    step!(
+        "spec change: phase Updating, {} of 3 pods up to date, until the pods are replaced",
+        s["updatedReplicas"]
+    );
+    let summaries = [newcomers.stop().await, latecomers.stop().await];
+    for summary in &summaries {
+        assert_eq!(summary.abrupt_closes, 0);
+    }
+    // Later steps need the current leader.
+    let holder = leases
+        .get("ballast-operator")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
     let (ok, table) = lc.run("kubectl", &["get", "prc", "-n", NS]);
     assert!(ok, "{table}");
     step!("kubectl get prc:\n{table}");
@@ -282,10 +800,7 @@ async fn operator_end_to_end() {
         assert!(header.contains(column), "{header}");
     }
     let row = table.lines().nth(1).unwrap();
-    assert!(
-        row.contains("Stable") && row.contains("3/3") && row.contains("150"),
-        "{row}"
-    );
+    assert!(row.contains("3/3"), "{row}");
     assert!(!row.contains("<invalid>"), "{row}");
     let (ok, explain) = lc.run("kubectl", &["explain", "presencecluster.spec"]);
     assert!(
@@ -544,6 +1059,10 @@ async fn operator_end_to_end() {
         ),
         ("update", "presenceclusters.ballast.dev", false),
         ("create", "statefulsets.apps", true),
+        ("create", "tokenreviews.authentication.k8s.io", true),
+        ("update", "secrets", false),
+        ("delete", "secrets", false),
+        ("watch", "pods", true),
     ] {
         let mut args = vec!["auth", "can-i", verb];
         args.extend(resource.split(' '));

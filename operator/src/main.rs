@@ -26,7 +26,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{predicates, watcher, Controller, WatchStreamExt};
+use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client};
 
 /// Reconciles PresenceClusters into gateway fleets with the Ballast sidecar injected.
@@ -277,13 +277,16 @@ async fn run_controller(
         .and_then(|c| c.lock().expect("caches").take())
         .expect("the report server set up the caches");
     let writer = caches.clusters_writer.take().expect("one controller");
-    // Status-only changes (the observer's own writes) do not trigger a reconcile: only a new
-    // generation (spec), a deletion, or an owned object's change does.
-    let trigger = watcher(prcs, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+    // The observer's and report server's view of the clusters. (A generation-filtered
+    // `Controller::for_stream` over this same reflector never started its runner here; until
+    // that is understood the controller keeps its own watch, and status-only changes still
+    // trigger a reconcile, which applies nothing new.)
+    tokio::spawn(
+        watcher(prcs.clone(), watcher::Config::default())
+            .default_backoff()
+            .reflect(writer)
+            .for_each(|_| async {}),
+    );
     let (secret_changed, secret_changes) = futures::channel::mpsc::unbounded();
     let recorder = Recorder::new(
         client.clone(),
@@ -320,7 +323,7 @@ async fn run_controller(
         observer.run().await
     });
     tracing::info!("controller starting");
-    Controller::for_stream(trigger, caches.clusters.clone())
+    Controller::new(prcs, watcher::Config::default())
         .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned.clone())
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned)

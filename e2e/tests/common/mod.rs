@@ -78,6 +78,24 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // A failed test leaves what the operator said: the tail of its pods' logs.
+        if std::thread::panicking() {
+            let pods = self.dir.join("kubelet/pods");
+            for entry in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
+                if !entry.file_name().to_string_lossy().starts_with("ballast-system_") {
+                    continue;
+                }
+                for log in std::fs::read_dir(entry.path()).into_iter().flatten().flatten() {
+                    if let Ok(text) = std::fs::read_to_string(log.path()) {
+                        let tail: Vec<&str> = text.lines().rev().take(25).collect();
+                        eprintln!("----- last lines of {}:", log.path().display());
+                        for l in tail.iter().rev() {
+                            eprintln!("{l}");
+                        }
+                    }
+                }
+            }
+        }
         self.down();
     }
 }
@@ -261,6 +279,10 @@ pub struct LocalCluster {
     pub bin_dir: PathBuf,
     /// Where kubectl and helm are.
     pub tools: PathBuf,
+    /// The operator's report address: the process kubelet has no Service proxy, so every
+    /// operator replica listens on this one loopback address with SO_REUSEPORT and the kernel
+    /// spreads the sidecars' connections over them, as a Service's virtual IP would.
+    pub report_address: String,
 }
 
 /// Brings a cluster up for the test `tag`; `pod_binaries` are the workspace packages whose
@@ -354,7 +376,10 @@ pub async fn start(tag: &str, pod_binaries: &[&str]) -> LocalCluster {
     let node_name = format!("{tag}-node");
     let kubelet_state = dir.join("kubelet");
     std::fs::create_dir_all(&kubelet_state).unwrap();
-    let subnet = format!("127.{}.0.0/16", 100 + std::process::id() % 100);
+    let second = 100 + std::process::id() % 100;
+    let subnet = format!("127.{second}.0.0/16");
+    // Far from the pod addresses, which are handed out from the bottom of the /16.
+    let report_address = format!("127.{second}.250.1:9443");
     let log = dir.join("logs/kubelet.log");
     let t = Instant::now();
     let kubelet = Kubelet {
@@ -414,10 +439,21 @@ pub async fn start(tag: &str, pod_binaries: &[&str]) -> LocalCluster {
         kubeconfig,
         bin_dir,
         tools,
+        report_address,
     }
 }
 
 impl LocalCluster {
+    /// `helm install` values that reach the report channel on this cluster.
+    pub fn report_values(&self) -> Vec<String> {
+        vec![
+            "--set".into(),
+            format!("report.listen={}", self.report_address),
+            "--set".into(),
+            format!("report.address={}", self.report_address),
+        ]
+    }
+
     /// Runs kubectl or helm (`tool`) against this cluster; returns (success, stdout+stderr).
     pub fn run(&self, tool: &str, args: &[&str]) -> (bool, String) {
         let out = Command::new(self.tools.join(tool))
