@@ -82,10 +82,18 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             let pods = self.dir.join("kubelet/pods");
             for entry in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
-                if !entry.file_name().to_string_lossy().starts_with("ballast-system_") {
+                if !entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("ballast-system_")
+                {
                     continue;
                 }
-                for log in std::fs::read_dir(entry.path()).into_iter().flatten().flatten() {
+                for log in std::fs::read_dir(entry.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
                     if let Ok(text) = std::fs::read_to_string(log.path()) {
                         let tail: Vec<&str> = text.lines().rev().take(25).collect();
                         eprintln!("----- last lines of {}:", log.path().display());
