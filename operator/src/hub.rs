@@ -48,6 +48,9 @@ pub struct Hub {
     reports: Mutex<HashMap<PodKey, Received>>,
     wanted: Mutex<HashMap<PodKey, Wanted>>,
     issued: Mutex<HashMap<PodKey, Issued>>,
+    /// Planned and unplanned closes per `(namespace, cluster)`, summed as reports arrive, so
+    /// no report's deltas are lost however often the observer looks.
+    closes: Mutex<HashMap<(String, String), (u64, u64)>>,
     next_id: AtomicU64,
     /// This replica holds the Lease: only the leader answers with directives.
     pub leader: AtomicBool,
@@ -64,6 +67,7 @@ impl Hub {
             reports: Mutex::default(),
             wanted: Mutex::default(),
             issued: Mutex::default(),
+            closes: Mutex::default(),
             next_id: AtomicU64::new(seed),
             leader: AtomicBool::new(false),
             lifetime,
@@ -77,6 +81,15 @@ impl Hub {
     /// Stores a report and returns the directives for its pod.
     pub fn receive(&self, key: PodKey, received: Received) -> Directives {
         let now = received.at;
+        {
+            let closed = &received.report.closed;
+            let mut closes = self.closes.lock().expect("hub lock");
+            let sums = closes
+                .entry((key.0.clone(), received.cluster.clone()))
+                .or_default();
+            sums.0 += closed.get("drain").copied().unwrap_or(0);
+            sums.1 += closed.get("upstream").copied().unwrap_or(0);
+        }
         self.reports
             .lock()
             .expect("hub lock")
@@ -98,6 +111,16 @@ impl Hub {
             .filter(|((ns, _), r)| ns == namespace && r.cluster == cluster && r.at >= since)
             .map(|((_, pod), r)| (pod.clone(), r.clone()))
             .collect()
+    }
+
+    /// Planned and unplanned closes of a cluster since this operator started.
+    pub fn closes_of(&self, namespace: &str, cluster: &str) -> (u64, u64) {
+        self.closes
+            .lock()
+            .expect("hub lock")
+            .get(&(namespace.to_owned(), cluster.to_owned()))
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Replaces what is wanted of every pod (pods not named want nothing).
@@ -203,6 +226,12 @@ mod tests {
         assert_eq!(b.drain.as_ref().unwrap().connections, 20);
         assert_eq!(b.validate(), Ok(()));
 
+        // Every report's closes count, however many arrive between two looks.
+        let mut closing = received(t0 + Duration::from_secs(4));
+        closing.report.closed.insert("drain".into(), 5);
+        hub.receive(key.clone(), closing.clone());
+        hub.receive(key.clone(), closing);
+        assert_eq!(hub.closes_of("ns", "edge"), (10, 0));
         let reports = hub.reports_of("ns", "edge", t0);
         assert!(reports.contains_key("edge-0"));
         assert!(hub.reports_of("ns", "other", t0).is_empty());

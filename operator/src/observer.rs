@@ -60,8 +60,8 @@ pub struct Observer {
 struct ClusterMemory {
     secret_version: Option<String>,
     tracker: Tracker,
-    /// Closes counted so far, per pod sequence, so each report's deltas count once.
-    counted: HashMap<String, u64>,
+    /// The hub's planned and unplanned close sums at the previous tick.
+    counted: (u64, u64),
     steering_refused: bool,
 }
 
@@ -184,16 +184,13 @@ impl Observer {
             wanted.insert((ns.to_owned(), pod), w);
         }
 
-        // Closes since last tick, each report's deltas counted once (by sequence).
-        let (mut planned, mut unplanned) = (0, 0);
-        for (pod, r) in &reports {
-            let seen = mem.counted.get(pod).copied().unwrap_or(0);
-            if r.report.sequence != seen {
-                planned += r.report.closed.get("drain").copied().unwrap_or(0);
-                unplanned += r.report.closed.get("upstream").copied().unwrap_or(0);
-                mem.counted.insert(pod.clone(), r.report.sequence);
-            }
-        }
+        // Closes since the last tick, from the hub's running sums.
+        let (planned_total, unplanned_total) = self.hub.closes_of(ns, name);
+        let (planned, unplanned) = (
+            planned_total.saturating_sub(mem.counted.0),
+            unplanned_total.saturating_sub(mem.counted.1),
+        );
+        mem.counted = (planned_total, unplanned_total);
         self.metrics.closes(ns, name, planned, unplanned);
         let draining: BTreeSet<String> = reports
             .iter()
