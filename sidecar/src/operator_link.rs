@@ -99,8 +99,14 @@ struct Counted {
     closed: BTreeMap<String, u64>,
 }
 
-/// Reports until the task is dropped.
-pub async fn run(link: Link, shared: Arc<Shared>) {
+/// Reports until the task is dropped. A message on `flush` sends one report at once and
+/// answers when it went (or failed): the last report of a terminating pod carries the closes
+/// of its drain's final second, which would otherwise never reach the operator.
+pub async fn run(
+    link: Link,
+    shared: Arc<Shared>,
+    mut flush: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
+) {
     let mut tick = tokio::time::interval(link.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sender: Option<SendRequest<Full<Bytes>>> = None;
@@ -108,8 +114,12 @@ pub async fn run(link: Link, shared: Arc<Shared>) {
     let mut sequence = 0u64;
     let mut last_problem = String::new();
     tracing::info!(operator = %link.address, "reporting to the operator");
+    let mut flushed: Option<tokio::sync::oneshot::Sender<()>> = None;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some(done) = flush.recv() => flushed = Some(done),
+        }
         sequence += 1;
         let report = build_report(&shared, &mut counted, sequence);
         let outcome =
@@ -163,6 +173,9 @@ pub async fn run(link: Link, shared: Arc<Shared>) {
                 tracing::warn!(operator = %link.address, "{problem}");
             }
             last_problem = problem;
+        }
+        if let Some(done) = flushed.take() {
+            let _ = done.send(());
         }
     }
 }

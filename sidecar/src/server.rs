@@ -155,7 +155,8 @@ pub async fn run(config: Config, tls: Arc<TlsState>) -> anyhow::Result<()> {
     let prober = tokio::spawn(probe_upstream(shared.clone()));
     tokio::spawn(admin::serve(admin_listener, shared.clone()));
     let lapses = tokio::spawn(lapse_directives(shared.clone()));
-    let reporter = link.map(|link| tokio::spawn(operator_link::run(link, shared.clone())));
+    let (flush, flushes) = tokio::sync::mpsc::channel(1);
+    let reporter = link.map(|link| tokio::spawn(operator_link::run(link, shared.clone(), flushes)));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let acceptor = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
@@ -191,6 +192,11 @@ pub async fn run(config: Config, tls: Arc<TlsState>) -> anyhow::Result<()> {
     prober.abort();
     lapses.abort();
     if let Some(reporter) = reporter {
+        // One last report: the drain's final closes, so the operator's count adds up.
+        let (done, sent) = tokio::sync::oneshot::channel();
+        if flush.send(done).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(4), sent).await;
+        }
         reporter.abort();
     }
     Ok(())
