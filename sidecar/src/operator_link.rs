@@ -92,7 +92,9 @@ fn host_of(address: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_owned())
 }
 
-/// What the previous report already counted, so each report carries only its own second.
+/// What the operator has already been told, so each report carries only what is new. It
+/// moves on only when the leader answered: a report that failed or reached a replica that is
+/// not the leader is folded into the next one, so no close goes uncounted.
 #[derive(Default)]
 struct Counted {
     refused: BTreeMap<String, u64>,
@@ -121,12 +123,13 @@ pub async fn run(
             Some(done) = flush.recv() => flushed = Some(done),
         }
         sequence += 1;
-        let report = build_report(&shared, &mut counted, sequence);
+        let (report, totals) = build_report(&shared, &counted, sequence);
         let outcome =
             tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(&link, &mut sender, &report)).await;
         let problem = match outcome {
             Ok(Ok(Answer::Directives(directives))) => {
                 shared.metrics.report("answered").inc();
+                counted = totals;
                 match shared.directed.apply(
                     &directives,
                     Instant::now(),
@@ -273,25 +276,29 @@ async fn connect(link: &Link) -> anyhow::Result<SendRequest<Full<Bytes>>> {
 }
 
 /// The sidecar's account of itself now; refusals and closes since the previous report.
-fn build_report(shared: &Shared, counted: &mut Counted, sequence: u64) -> Report {
+fn build_report(shared: &Shared, counted: &Counted, sequence: u64) -> (Report, Counted) {
     let now = Instant::now();
     let served = shared.tls.current();
     let by_generation = shared.connections.by_generation();
     let total: usize = by_generation.values().sum();
     let on_current = by_generation.get(&served.generation).copied().unwrap_or(0);
     let m = &shared.metrics;
-    let refused = Refusal::ALL
+    let refused: BTreeMap<String, u64> = Refusal::ALL
         .iter()
         .map(|r| (r.as_str().to_owned(), m.refused(*r).get()))
         .collect();
-    let closed = CloseCause::ALL
+    let closed: BTreeMap<String, u64> = CloseCause::ALL
         .iter()
         .map(|c| (c.as_str().to_owned(), m.closed(*c).get()))
         .collect();
-    let refused = since(&mut counted.refused, refused);
-    let closed = since(&mut counted.closed, closed);
+    let totals = Counted {
+        refused: refused.clone(),
+        closed: closed.clone(),
+    };
+    let refused = since(&counted.refused, refused);
+    let closed = since(&counted.closed, closed);
     let steered_away = shared.directed.steered_away(now);
-    Report {
+    let report = Report {
         protocol_version: PROTOCOL_VERSION,
         sidecar_version: env!("CARGO_PKG_VERSION").into(),
         sequence,
@@ -316,20 +323,18 @@ fn build_report(shared: &Shared, counted: &mut Counted, sequence: u64) -> Report
         },
         max_connections: shared.config.max_connections as u64,
         max_handshakes_per_second: u64::from(shared.config.max_handshakes_per_second),
-    }
+    };
+    (report, totals)
 }
 
-/// `now - before` per key (only the non-zero ones); `before` becomes `now`.
-fn since(before: &mut BTreeMap<String, u64>, now: BTreeMap<String, u64>) -> BTreeMap<String, u64> {
-    let delta = now
-        .iter()
+/// `now - before` per key (only the non-zero ones).
+fn since(before: &BTreeMap<String, u64>, now: BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    now.into_iter()
         .filter_map(|(k, v)| {
-            let d = v.saturating_sub(before.get(k).copied().unwrap_or(0));
-            (d > 0).then(|| (k.clone(), d))
+            let d = v.saturating_sub(before.get(&k).copied().unwrap_or(0));
+            (d > 0).then_some((k, d))
         })
-        .collect();
-    *before = now;
-    delta
+        .collect()
 }
 
 #[cfg(test)]
@@ -349,20 +354,25 @@ mod tests {
     }
 
     #[test]
-    fn each_report_carries_only_its_own_counts() {
-        let mut before = BTreeMap::new();
-        let first = since(
-            &mut before,
-            BTreeMap::from([("drain".into(), 5), ("client".into(), 0)]),
-        );
-        assert_eq!(first, BTreeMap::from([("drain".into(), 5)]));
-        let second = since(
-            &mut before,
-            BTreeMap::from([("drain".into(), 7), ("client".into(), 1)]),
-        );
+    fn each_report_carries_what_the_operator_has_not_been_told() {
+        let told = BTreeMap::new();
+        let totals = BTreeMap::from([("drain".into(), 5), ("client".into(), 0)]);
         assert_eq!(
-            second,
+            since(&told, totals.clone()),
+            BTreeMap::from([("drain".into(), 5)])
+        );
+        // That report was answered: the next one carries only what is new.
+        let told = totals;
+        let now = BTreeMap::from([("drain".into(), 7), ("client".into(), 1)]);
+        assert_eq!(
+            since(&told, now.clone()),
             BTreeMap::from([("drain".into(), 2), ("client".into(), 1)])
+        );
+        // Not answered (not_leader, failure): `told` stays, the next report carries both.
+        let later = BTreeMap::from([("drain".into(), 9), ("client".into(), 1)]);
+        assert_eq!(
+            since(&told, later),
+            BTreeMap::from([("drain".into(), 4), ("client".into(), 1)])
         );
     }
 }
