@@ -531,7 +531,24 @@ async fn operator_end_to_end() {
             >= before.saturating_sub(5),
         "steering moved no one"
     );
-    let s = prc_status(&lc, "edge").await.unwrap();
+    // The pod's next report says it is steered, not broken; status follows within a tick.
+    eventually(
+        "a steered pod counts as available",
+        Duration::from_secs(10),
+        || async {
+            let s = prc_status(&lc, "edge").await?;
+            let state = s["pods"]
+                .as_array()
+                .and_then(|p| p.iter().find(|p| p["name"] == "edge-0"))
+                .map(|p| p["state"].clone());
+            if s["ready"] == "3/3" && state == Some(json!("Steered")) {
+                Ok(())
+            } else {
+                Err(format!("status {s}"))
+            }
+        },
+    )
+    .await;
     assert_eq!(
         s["ready"], "3/3",
         "a steered pod is available, not broken: {s}"
