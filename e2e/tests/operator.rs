@@ -549,10 +549,6 @@ async fn operator_end_to_end() {
         },
     )
     .await;
-    assert_eq!(
-        s["ready"], "3/3",
-        "a steered pod is available, not broken: {s}"
-    );
     annotate("edge-0", &["ballast.dev/accepting-"]);
     eventually(
         "edge-0 back in the endpoints",
