@@ -171,11 +171,7 @@ async fn operator_end_to_end() {
         let (_, metrics) = http_get(format!("{ip}:8080").parse().unwrap(), "/metrics")
             .await
             .unwrap();
-        let reconciles: f64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("ballast_operator_reconciles_total "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0);
+        let reconciles = metric(&metrics, "ballast_operator_reconciles_total");
         if reconciles > 0.0 {
             reconciling.push(pod.metadata.name.clone().unwrap());
         }
@@ -435,12 +431,10 @@ async fn operator_end_to_end() {
     };
     let metrics = leader_metrics().await;
     for reason in ["no_token", "invalid_token", "wrong_source", "unknown_pod"] {
-        let line = format!("ballast_operator_report_refusals_total{{reason=\"{reason}\"}} ");
-        let n: f64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&line))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0);
+        let n = metric(
+            &metrics,
+            &format!("ballast_operator_report_refusals_total{{reason=\"{reason}\"}}"),
+        );
         assert!(n >= 1.0, "{reason} not counted:\n{metrics}");
     }
     // /drain without the admin token, from inside the pod (its own address): refused.
@@ -592,10 +586,7 @@ async fn operator_end_to_end() {
     let edge1_admin: std::net::SocketAddr = format!("{}:9901", ip_of(&edge1)).parse().unwrap();
     let sidecar_metric = |name: &'static str| async move {
         let (_, text) = http_get(edge1_admin, "/metrics").await.unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
+        metric(&text, name)
     };
     annotate(
         "edge-1",
@@ -608,9 +599,9 @@ async fn operator_end_to_end() {
         "edge-1 steered and draining",
         Duration::from_secs(20),
         || async {
-            let steered = sidecar_metric("ballast_sidecar_steered_away ").await;
+            let steered = sidecar_metric("ballast_sidecar_steered_away").await;
             let drained =
-                sidecar_metric("ballast_sidecar_connections_closed_total{cause=\"drain\"} ").await;
+                sidecar_metric("ballast_sidecar_connections_closed_total{cause=\"drain\"}").await;
             if steered == 1.0 && drained >= 3.0 {
                 Ok(())
             } else {
@@ -636,7 +627,7 @@ async fn operator_end_to_end() {
         "edge-1's directives lapse",
         Duration::from_secs(30),
         || async {
-            let lapses = sidecar_metric("ballast_sidecar_directive_lapses_total ").await;
+            let lapses = sidecar_metric("ballast_sidecar_directive_lapses_total").await;
             if lapses >= 1.0 {
                 Ok(())
             } else {
@@ -646,18 +637,16 @@ async fn operator_end_to_end() {
     )
     .await;
     let lapsed_after = t.elapsed().as_secs_f64();
-    let drained =
-        sidecar_metric("ballast_sidecar_connections_closed_total{cause=\"drain\"} ").await;
+    let drained = sidecar_metric("ballast_sidecar_connections_closed_total{cause=\"drain\"}").await;
     // The whole next 5 s: no planned close, readiness back, serving.
     let window = std::time::Instant::now();
     while window.elapsed() < Duration::from_secs(5) {
-        let now =
-            sidecar_metric("ballast_sidecar_connections_closed_total{cause=\"drain\"} ").await;
+        let now = sidecar_metric("ballast_sidecar_connections_closed_total{cause=\"drain\"}").await;
         assert!(
             now <= drained + 1.0,
             "the drain went on after the lapse: {drained} → {now}"
         );
-        assert_eq!(sidecar_metric("ballast_sidecar_steered_away ").await, 0.0);
+        assert_eq!(sidecar_metric("ballast_sidecar_steered_away").await, 0.0);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let (code, _) = http_get(edge1_admin, "/readyz").await.unwrap();
@@ -1044,11 +1033,7 @@ async fn operator_end_to_end() {
     let (_, metrics) = http_get(format!("{leader_ip}:8080").parse().unwrap(), "/metrics")
         .await
         .unwrap();
-    let reconciles: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("ballast_operator_reconciles_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
+    let reconciles = metric(&metrics, "ballast_operator_reconciles_total");
     assert!(
         reconciles > 0.0,
         "the new leader has not reconciled:\n{metrics}"

@@ -121,7 +121,8 @@ async fn main() -> anyhow::Result<()> {
     ready.store(true, Ordering::Relaxed);
 
     let hub = Arc::new(Hub::new(config.directive_lifetime));
-    let wiring = start_report_server(&client, &config, &hub, &metrics).await?;
+    let caches = caches(&client, &config);
+    let wiring = start_report_server(&client, &config, &hub, &metrics, &caches).await?;
 
     if config.leader_elect {
         let lease = LeaseConfig {
@@ -139,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
         hub.leader.store(true, Ordering::Relaxed);
         let mut holder = tokio::spawn(leader::hold(client.clone(), lease.clone()));
         tokio::select! {
-            _ = run_controller(client.clone(), &config, metrics, wiring.clone(), hub.clone()) => {
+            _ = run_controller(client.clone(), &config, metrics, wiring.clone(), hub.clone(), caches.clone()) => {
                 holder.abort();
                 leader::release(&client, &lease).await;
                 Ok(())
@@ -148,53 +149,56 @@ async fn main() -> anyhow::Result<()> {
         }
     } else {
         hub.leader.store(true, Ordering::Relaxed);
-        run_controller(client, &config, metrics, wiring, hub).await;
+        run_controller(client, &config, metrics, wiring, hub, caches).await;
         Ok(())
     }
 }
 
-/// Shared watch caches: what the report server and the observer read.
+/// Shared watch caches: what the report server and the observer read. (The controller keeps
+/// its own watch of PresenceClusters: a `Controller::for_stream` over this reflector, filtered
+/// on generation, never started its runner in the e2e; so status-only changes still trigger a
+/// reconcile, which applies nothing new.)
+#[derive(Clone)]
 struct Caches {
     pods: Store<Pod>,
     statefulsets: Store<StatefulSet>,
     clusters: Store<PresenceCluster>,
-    clusters_writer: Option<reflector::store::Writer<PresenceCluster>>,
 }
 
 fn caches(client: &Client, config: &Config) -> Caches {
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=ballast-operator");
-    let (pods, pods_writer) = reflector::store();
-    let pod_api: Api<Pod> = match &config.watch_namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    tokio::spawn(
-        watcher(pod_api, owned.clone())
-            .default_backoff()
-            .reflect(pods_writer)
-            .for_each(|_| async {}),
-    );
-    let (statefulsets, sts_writer) = reflector::store();
-    let sts_api: Api<StatefulSet> = match &config.watch_namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    tokio::spawn(
-        watcher(sts_api, owned)
-            .default_backoff()
-            .reflect(sts_writer)
-            .for_each(|_| async {}),
-    );
-    let (clusters, clusters_writer) = reflector::store();
+    let ns = config.watch_namespace.as_deref();
     Caches {
-        pods,
-        statefulsets,
-        clusters,
-        clusters_writer: Some(clusters_writer),
+        pods: cache(client, ns, owned.clone()),
+        statefulsets: cache(client, ns, owned),
+        clusters: cache(client, ns, watcher::Config::default()),
     }
 }
 
-static CACHES: std::sync::OnceLock<std::sync::Mutex<Option<Caches>>> = std::sync::OnceLock::new();
+/// A watch cache of `K` (in `namespace`, or all), kept current by its own task.
+fn cache<K>(client: &Client, namespace: Option<&str>, config: watcher::Config) -> Store<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let api: Api<K> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (store, writer) = reflector::store();
+    tokio::spawn(
+        watcher(api, config)
+            .default_backoff()
+            .reflect(writer)
+            .for_each(|_| async {}),
+    );
+    store
+}
 
 /// Starts the report listener on every replica (non-leaders answer `not_leader`) and says how
 /// sidecars reach it.
@@ -203,6 +207,7 @@ async fn start_report_server(
     config: &Config,
     hub: &Arc<Hub>,
     metrics: &Arc<Metrics>,
+    caches: &Caches,
 ) -> anyhow::Result<ReportWiring> {
     let port = config.report_listen.port();
     let service = format!("{}.{}.svc", config.report_service, config.lease_namespace);
@@ -236,7 +241,6 @@ async fn start_report_server(
         }
     };
     let tls = report_tls::server_config(&material)?;
-    let caches = caches(client, config);
     let server = Arc::new(ReportServer {
         hub: hub.clone(),
         auth: Authenticator::new(client.clone(), ballast_contract::TOKEN_AUDIENCE.into()),
@@ -245,11 +249,6 @@ async fn start_report_server(
         metrics: metrics.clone(),
         verify_source: config.report_verify_source,
     });
-    CACHES
-        .get_or_init(Default::default)
-        .lock()
-        .expect("caches")
-        .replace(caches);
     let listener = report_server::bind(config.report_listen)?;
     tracing::info!(listen = %config.report_listen, %address, "report channel listening");
     tokio::spawn(report_server::serve(listener, tls, server));
@@ -266,27 +265,13 @@ async fn run_controller(
     metrics: Arc<Metrics>,
     wiring: ReportWiring,
     hub: Arc<Hub>,
+    caches: Caches,
 ) {
     let prcs: Api<PresenceCluster> = match &config.watch_namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=ballast-operator");
-    let mut caches = CACHES
-        .get()
-        .and_then(|c| c.lock().expect("caches").take())
-        .expect("the report server set up the caches");
-    let writer = caches.clusters_writer.take().expect("one controller");
-    // The observer's and report server's view of the clusters. (A generation-filtered
-    // `Controller::for_stream` over this same reflector never started its runner here; until
-    // that is understood the controller keeps its own watch, and status-only changes still
-    // trigger a reconcile, which applies nothing new.)
-    tokio::spawn(
-        watcher(prcs.clone(), watcher::Config::default())
-            .default_backoff()
-            .reflect(writer)
-            .for_each(|_| async {}),
-    );
     let (secret_changed, secret_changes) = futures::channel::mpsc::unbounded();
     let recorder = Recorder::new(
         client.clone(),

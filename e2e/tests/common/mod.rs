@@ -210,6 +210,14 @@ pub async fn sidecar_sha256(pod_ip: &str) -> Result<String, String> {
         .ok_or_else(|| format!("no certificate.sha256 in {body}"))
 }
 
+/// The value of one series in Prometheus text (`name{labels}` exactly as exposed); 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 pub fn pod_ready(p: &Pod) -> bool {
     p.status
         .as_ref()
