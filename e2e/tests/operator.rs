@@ -297,6 +297,88 @@ async fn operator_end_to_end() {
     )
     .await;
     step!("{AGENTS} agents: status per pod {per_pod:?} equals the fleet's own count, from authenticated reports");
+
+    // ------------------------------------------------------------ a cert-manager renewal
+    // Renewed the way `cmctl renew` does it: the Certificate gets Issuing=True and cert-manager
+    // issues a new pair (new key: rotationPolicy Always) into agents-tls. Timed from the moment
+    // the new Secret is visible in the API to status showing its fingerprint served by 3/3.
+    let before = prc_status(&lc, "edge").await.unwrap()["certificate"]["sha256"].clone();
+    let old_crt = secrets.get("agents-tls").await.unwrap().data.unwrap()["tls.crt"].clone();
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let trigger = json!([{"op": "add", "path": "/status/conditions/-", "value": {
+        "type": "Issuing", "status": "True", "reason": "ManuallyTriggered",
+        "message": "renewal requested by the e2e test", "lastTransitionTime": now}}]);
+    let (ok, out) = lc.run(
+        "kubectl",
+        &[
+            "patch",
+            "certificate",
+            "agents-tls",
+            "-n",
+            NS,
+            "--subresource=status",
+            "--type=json",
+            "-p",
+            &trigger.to_string(),
+        ],
+    );
+    assert!(ok, "triggering the renewal: {out}");
+    let renewed_at = eventually(
+        "cert-manager writes the renewed pair",
+        Duration::from_secs(60),
+        || async {
+            let data = secrets
+                .get("agents-tls")
+                .await
+                .map_err(|e| e.to_string())?
+                .data
+                .unwrap_or_default();
+            if data.get("tls.crt").is_some_and(|c| *c != old_crt) {
+                Ok(std::time::Instant::now())
+            } else {
+                Err("the Secret still holds the old pair".to_string())
+            }
+        },
+    )
+    .await;
+    let renewed = eventually(
+        "status shows the renewed certificate served by every pod",
+        Duration::from_secs(30),
+        || async {
+            let s = prc_status(&lc, "edge").await?;
+            let c = &s["certificate"];
+            if c["sha256"] != before && c["served"] == "3/3" {
+                Ok(c.clone())
+            } else {
+                Err(format!("certificate status {c}, before {before}"))
+            }
+        },
+    )
+    .await;
+    let reflected = renewed_at.elapsed().as_secs_f64();
+    // Status tells the truth: the fingerprint it names is what every pod now serves.
+    for pod in pods
+        .list(&ListParams::default().labels("ballast.dev/presencecluster=edge"))
+        .await
+        .unwrap()
+        .items
+    {
+        assert_eq!(
+            sidecar_sha256(&ip_of(&pod)).await.unwrap(),
+            renewed["sha256"].as_str().unwrap(),
+            "{} serves another certificate than status says",
+            pod.metadata.name.unwrap_or_default()
+        );
+    }
+    assert!(
+        reflected <= 5.0,
+        "status showed the renewal {reflected:.1}s after the Secret changed (goal: 5 s)"
+    );
+    step!(
+        "cert-manager renewal: status showed the new fingerprint served 3/3 {reflected:.1}s after the Secret changed"
+    );
     // Refreshed at least every 2 s: connections on one pod move, status follows.
     let operator_ca = {
         let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
