@@ -1,5 +1,5 @@
 # Everyday commands. `make demo` and `make test` are the two on the README's first screen.
-.PHONY: demo local-demo test soak lint fmt build bench bench-sim simulate tools
+.PHONY: demo local-demo test soak lint fmt build bench bench-reports bench-sim simulate tools
 
 demo:            ## the system on a local Kubernetes control plane
 	scripts/demo.sh
@@ -30,6 +30,9 @@ build:
 
 bench:           ## ballast-sidecar vs HAProxy, figures printed
 	scripts/bench-proxies.sh
+
+bench-reports:   ## one operator under 1,000 reporting sidecars: RSS, CPU, p99 report → answer
+	scripts/bench-reports.sh
 
 bench-sim:       ## the simulator at 1,000,000 agents: wall time and peak memory printed
 	scripts/bench-simulator.sh

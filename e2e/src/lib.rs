@@ -10,7 +10,9 @@
 //! and `$(VAR)` expansion), [`objects`] (Secret/ConfigMap/downward-API reads), [`volumes`]
 //! (atomic-writer volumes), [`processes`] (spawn/signal by PID in a private mount namespace),
 //! [`probes`], [`pods`] (one pod's lifecycle and status), [`podips`], [`node`] (Node, Lease,
-//! heartbeat), [`kubelet`] (the watch loop), [`endpoints`].
+//! heartbeat), [`kubelet`] (the watch loop), [`endpoints`], [`control_plane`] (up.sh/down.sh
+//! as a value that cleans up on drop), [`report_load`] (simulated sidecars on the report
+//! channel) and [`report_bench`] (the operator under 1,000 of them).
 //!
 //! It must never fake what it cannot do: a pod feature it does not implement (subPath, exec
 //! probes, native sidecars) is reported as an error, never silently skipped; and it only ever
@@ -18,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod control_plane;
 pub mod endpoints;
 pub mod env;
 pub mod error;
@@ -29,6 +32,8 @@ pub mod podips;
 pub mod pods;
 pub mod probes;
 pub mod processes;
+pub mod report_bench;
+pub mod report_load;
 pub mod volumes;
 
 pub use error::{Error, Result};

@@ -4,6 +4,7 @@
 //! ballast-e2e kubelet --kubeconfig PATH --node NAME --state-dir DIR
 //!                     [--images FILE] [--bin-dir DIR] [--pod-subnet 127.1.0.0/16]
 //! ballast-e2e endpoints --namespace NS --service NAME [--port PORT-NAME]
+//! ballast-e2e bench-reports [--sidecars 1000] [--window 30s] [--operator PATH]
 //! ```
 
 use std::path::PathBuf;
@@ -18,7 +19,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 #[derive(Parser)]
 #[command(
     name = "ballast-e2e",
-    about = "Ballast e2e tools: the process kubelet and Service resolution"
+    about = "Ballast e2e tools: the process kubelet, Service resolution, the report-channel benchmark"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -65,6 +66,26 @@ enum Command {
         #[arg(long)]
         port: Option<String>,
     },
+    /// Benchmark: one operator receiving a report every second from each of N sidecars
+    /// (simulated, with real pod-bound tokens, on a real control plane brought up and down
+    /// here); prints its memory, CPU and report → answer latency. See `make bench-reports`.
+    BenchReports {
+        /// Simulated sidecars, one pod each (at most 1,000: one PresenceCluster's limit).
+        #[arg(long, default_value_t = 1000)]
+        sidecars: usize,
+        /// The measurement window.
+        #[arg(long, default_value = "30s", value_parser = ballast_contract::duration::parse_duration)]
+        window: Duration,
+        /// Reports answered before the window opens.
+        #[arg(long, default_value = "10s", value_parser = ballast_contract::duration::parse_duration)]
+        warmup: Duration,
+        /// How often each sidecar reports.
+        #[arg(long, default_value = "1s", value_parser = ballast_contract::duration::parse_duration)]
+        every: Duration,
+        /// The operator binary (default: ballast-operator beside this executable).
+        #[arg(long)]
+        operator: Option<PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -80,6 +101,30 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::BenchReports {
+            sidecars,
+            window,
+            warmup,
+            every,
+            operator,
+        } => {
+            let operator = match operator {
+                Some(o) => o,
+                None => std::env::current_exe()?.with_file_name("ballast-operator"),
+            };
+            let options = ballast_e2e::report_bench::Options {
+                sidecars,
+                warmup,
+                window,
+                every,
+                operator,
+                workspace: std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .parent()
+                    .context("the workspace")?
+                    .to_path_buf(),
+            };
+            ballast_e2e::report_bench::run(&options).await?.print();
+        }
         Command::Endpoints {
             kubeconfig,
             namespace,

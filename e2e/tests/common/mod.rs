@@ -15,6 +15,8 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
+
+pub use ballast_e2e::control_plane::ControlPlane;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -49,30 +51,16 @@ pub fn newest_mtime(path: &Path) -> std::time::SystemTime {
         .fold(own, std::cmp::max)
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The control plane of this test; `down.sh` runs on drop.
+/// The control plane of this test; `down.sh` runs on drop (after the operator's log tails
+/// are printed, when the test failed).
 pub struct Cluster {
     pub dir: PathBuf,
+    pub plane: ControlPlane,
 }
 
 impl Cluster {
     pub fn down(&self) -> bool {
-        if !self.dir.exists() {
-            return true;
-        }
-        step!("down.sh");
-        Command::new(workspace().join("e2e/control-plane/down.sh"))
-            .env("BALLAST_E2E_DIR", &self.dir)
-            .env("BALLAST_GRACE_SECONDS", "5")
-            .status()
-            .is_ok_and(|s| s.success())
+        self.plane.down()
     }
 }
 
@@ -104,7 +92,6 @@ impl Drop for Cluster {
                 }
             }
         }
-        self.down();
     }
 }
 
@@ -347,39 +334,22 @@ pub async fn start(tag: &str, pod_binaries: &[&str]) -> LocalCluster {
     }
     step!("pod binaries ready in {:.1}s", t.elapsed().as_secs_f64());
     let t = Instant::now();
-    step!("control-plane build.sh (cached after the first run)");
-    let built = Command::new(ws.join("e2e/control-plane/build.sh"))
-        .stdout(Stdio::null())
-        .status()
-        .expect("running build.sh");
-    assert!(built.success(), "e2e/control-plane/build.sh failed");
-    step!(
-        "control-plane binaries ready in {:.1}s",
-        t.elapsed().as_secs_f64()
-    );
-
-    // ---------------------------------------------------------------- control plane
     let dir = std::env::temp_dir().join(format!("ballast-e2e-{tag}-{}", std::process::id()));
-    let cluster = Cluster { dir: dir.clone() };
-    let apiserver_port = free_port();
-    let t = Instant::now();
     step!(
-        "up.sh (state {}, apiserver 127.0.0.1:{apiserver_port})",
+        "up.sh (state {}; control-plane binaries built once, then cached)",
         dir.display()
     );
-    let up = Command::new(ws.join("e2e/control-plane/up.sh"))
-        .env("BALLAST_E2E_DIR", &dir)
-        .env("BALLAST_APISERVER_PORT", apiserver_port.to_string())
-        .env("BALLAST_ETCD_CLIENT_PORT", free_port().to_string())
-        .env("BALLAST_ETCD_PEER_PORT", free_port().to_string())
-        .env("BALLAST_KCM_PORT", free_port().to_string())
-        .env("BALLAST_SCHEDULER_PORT", free_port().to_string())
-        .stdout(Stdio::null())
-        .status()
-        .expect("running up.sh");
-    assert!(up.success(), "up.sh failed");
+    let plane = ControlPlane::up(&ws, &dir, true).expect("bringing up the control plane");
     let t_up = t.elapsed().as_secs_f64();
-    step!("control plane up in {t_up:.1}s");
+    step!(
+        "control plane up in {t_up:.1}s (apiserver 127.0.0.1:{})",
+        plane.apiserver_port
+    );
+    let tools = plane.tools.clone();
+    let cluster = Cluster {
+        dir: dir.clone(),
+        plane,
+    };
 
     let kubeconfig = dir.join("kubeconfig");
     let kc = Kubeconfig::read_from(&kubeconfig).unwrap();
@@ -436,17 +406,6 @@ pub async fn start(tag: &str, pod_binaries: &[&str]) -> LocalCluster {
     .await;
     step!("node Ready in {:.1}s", t.elapsed().as_secs_f64());
 
-    let tools = PathBuf::from(
-        String::from_utf8(
-            Command::new(ws.join("e2e/control-plane/build.sh"))
-                .arg("--print-bin-dir")
-                .output()
-                .expect("build.sh --print-bin-dir")
-                .stdout,
-        )
-        .unwrap()
-        .trim(),
-    );
     LocalCluster {
         kubelet,
         cluster,
