@@ -16,59 +16,10 @@ use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::Api;
 use serde_json::json;
 
-const NS: &str = "presence";
-const OPERATOR_NS: &str = "ballast-system";
 const SA: &str = "system:serviceaccount:ballast-system:ballast";
-
-fn prc_api(lc: &LocalCluster) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("ballast.dev", "v1alpha1", "PresenceCluster");
-    Api::namespaced_with(lc.client.clone(), NS, &ApiResource::from_gvk(&gvk))
-}
-
-/// The PresenceCluster's status, as JSON.
-async fn prc_status(lc: &LocalCluster, name: &str) -> Result<serde_json::Value, String> {
-    let prc = prc_api(lc).get(name).await.map_err(|e| e.to_string())?;
-    Ok(prc.data["status"].clone())
-}
-
-fn condition<'a>(status: &'a serde_json::Value, type_: &str) -> &'a serde_json::Value {
-    status["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
-        .unwrap_or(&serde_json::Value::Null)
-}
-
-async fn wait_ready(lc: &LocalCluster, name: &str, pods: usize, timeout: Duration) {
-    eventually(
-        &format!("{name} Ready with {pods} pods"),
-        timeout,
-        || async {
-            let s = prc_status(lc, name).await?;
-            let ready = condition(&s, "Ready");
-            if ready["status"] == "True" && s["readyReplicas"] == pods && s["replicas"] == pods {
-                Ok(())
-            } else {
-                Err(format!("status: {s}"))
-            }
-        },
-    )
-    .await;
-}
-
-/// Writes `text` to a file in the cluster's dir and `kubectl apply`s it.
-fn apply(lc: &LocalCluster, name: &str, text: &str) -> (bool, String) {
-    let path = lc.dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    lc.run("kubectl", &["apply", "-f", path.to_str().unwrap()])
-}
-
-fn example(file: &str) -> String {
-    std::fs::read_to_string(workspace().join("examples").join(file)).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_end_to_end() {
@@ -82,29 +33,7 @@ async fn operator_end_to_end() {
     let chart = workspace().join("charts/ballast");
     let (ok, out) = lc.run("helm", &["lint", chart.to_str().unwrap()]);
     assert!(ok && out.contains("0 chart(s) failed"), "helm lint:\n{out}");
-    let report = lc.report_values();
-    let mut args = vec![
-        "install",
-        "ballast",
-        chart.to_str().unwrap(),
-        "--namespace",
-        OPERATOR_NS,
-        "--create-namespace",
-        "--set",
-        "bindPodIP=true",
-        "--set",
-        "replicas=2",
-        "--set",
-        "resync=2s",
-        "--set",
-        "logFormat=text",
-        "--wait",
-        "--timeout",
-        "120s",
-    ];
-    args.extend(report.iter().map(String::as_str));
-    let (ok, out) = lc.run("helm", &args);
-    assert!(ok, "helm install failed:\n{out}");
+    install_operator(&lc, 2);
     step!("helm install: operator Deployment ready");
     let operator_pods: Api<Pod> = Api::namespaced(lc.client.clone(), OPERATOR_NS);
     let operator = operator_pods
@@ -128,28 +57,18 @@ async fn operator_end_to_end() {
     }
 
     // ------------------------------------------------------------ the examples
-    for file in ["namespace.yaml", "issuer.yaml", "certificate.yaml"] {
-        let (ok, out) = apply(&lc, file, &example(file));
-        assert!(ok, "{file}: {out}");
-    }
+    apply_examples(&lc).await;
     let secrets: Api<Secret> = Api::namespaced(lc.client.clone(), NS);
-    eventually(
-        "cert-manager issues agents-tls",
-        Duration::from_secs(60),
-        || async {
-            secrets
-                .get_opt("agents-tls")
-                .await
-                .map_err(|e| e.to_string())?
-                .filter(|s| s.data.as_ref().is_some_and(|d| d.contains_key("tls.crt")))
-                .map(|_| ())
-                .ok_or_else(|| "no Secret yet".to_string())
-        },
-    )
-    .await;
     // The example, with a short drain so that scaling down is quick in a test.
-    let edge = example("presencecluster.yaml").replace("drainTimeout: 30s", "drainTimeout: 3s");
-    assert!(edge.contains("drainTimeout: 3s"));
+    // Rebalancing is off here: this suite counts every planned close of one deleted pod's
+    // migration; e2e/tests/planner.rs shows rebalancing.
+    let edge = example("presencecluster.yaml")
+        .replace("drainTimeout: 30s", "drainTimeout: 3s")
+        .replace(
+            "  presence: {offlineThreshold: 60s}",
+            "  presence: {offlineThreshold: 60s}\n  rebalance: {enabled: false}",
+        );
+    assert!(edge.contains("drainTimeout: 3s") && edge.contains("rebalance: {enabled: false}"));
     let (ok, out) = apply(&lc, "edge.yaml", &edge);
     assert!(ok, "{out}");
     wait_ready(&lc, "edge", 3, Duration::from_secs(90)).await;
@@ -834,7 +753,65 @@ async fn operator_end_to_end() {
     }
     step!("edge-2 deleted holding {holding} agents: Migrating=True during the drain ({}), then False: {m}", during["migration"]);
 
-    // ------------------------------------------------------------ a spec change not yet rolled
+    // ------------------------------------------------------------ a spec change, rolled
+    // The planner replaces every pod once, drained first, through the Eviction API; until the
+    // last one runs the new revision the status does not read Stable.
+    let uids = |list: Vec<Pod>| -> std::collections::BTreeMap<String, String> {
+        list.into_iter()
+            .map(|p| {
+                (
+                    p.metadata.name.unwrap_or_default(),
+                    p.metadata.uid.unwrap_or_default(),
+                )
+            })
+            .collect()
+    };
+    let gateways = ListParams::default().labels("ballast.dev/presencecluster=edge");
+    let before = uids(pods.list(&gateways).await.unwrap().items);
+    let restarted_events = || async {
+        let list = events.list(&ListParams::default()).await.unwrap();
+        list.items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("PodRestarted"))
+            // One Event per pod (`related`); a repeat is the same object with a series count.
+            .flat_map(|e| {
+                let n = e.series.as_ref().map_or(1, |s| s.count.max(1)) as usize;
+                let pod = e
+                    .related
+                    .as_ref()
+                    .and_then(|r| r.name.clone())
+                    .unwrap_or_default();
+                std::iter::repeat_n(pod, n)
+            })
+            .collect::<Vec<_>>()
+    };
+    let restarts_before = restarted_events().await.len();
+    let revisions = || async {
+        let set = sts.get("edge").await.unwrap();
+        let status = set.status.unwrap_or_default();
+        let pods_now: Vec<(String, String)> = pods
+            .list(&gateways)
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|p| {
+                let rev = p
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("controller-revision-hash").cloned())
+                    .unwrap_or_default();
+                (p.metadata.name.unwrap_or_default(), rev)
+            })
+            .collect();
+        format!(
+            "sts current {:?} update {:?}; pods {pods_now:?}",
+            status.current_revision, status.update_revision
+        )
+    };
+    let revisions_before = revisions().await;
+    let rolled_at = std::time::Instant::now();
     prc_api(&lc)
         .patch("edge", &PatchParams::default(), &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {"example.com/revision": "2"}}}}})))
         .await
@@ -844,7 +821,7 @@ async fn operator_end_to_end() {
         Duration::from_secs(30),
         || async {
             let s = prc_status(&lc, "edge").await?;
-            if s["phase"] == "Updating" && condition(&s, "UpToDate")["status"] == "False" {
+            if condition(&s, "UpToDate")["status"] == "False" && s["phase"] != "Stable" {
                 Ok(s)
             } else {
                 Err(format!("status {s}"))
@@ -853,8 +830,65 @@ async fn operator_end_to_end() {
     )
     .await;
     step!(
-        "spec change: phase Updating, {} of 3 pods up to date, until the pods are replaced",
+        "spec change: phase {}, {} of 3 pods up to date",
+        s["phase"],
         s["updatedReplicas"]
+    );
+    let done = eventually(
+        "every pod replaced, drained first",
+        Duration::from_secs(180),
+        || async {
+            let s = prc_status(&lc, "edge").await?;
+            if condition(&s, "UpToDate")["status"] == "True"
+                && s["updatedReplicas"] == 3
+                && s["ready"] == "3/3"
+            {
+                Ok(s)
+            } else {
+                let mut pods_now = Vec::new();
+                for p in pods.list(&gateways).await.map_err(|e| e.to_string())?.items {
+                    let ip = p
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.pod_ip.clone())
+                        .unwrap_or_default();
+                    let sidecar = match format!("{ip}:9901").parse() {
+                        Ok(admin) => http_get(admin, "/readyz").await,
+                        Err(_) => Err("no pod IP yet".into()),
+                    };
+                    pods_now.push(format!(
+                        "{} ready={} /readyz={sidecar:?} conditions={:?}",
+                        p.metadata.name.clone().unwrap_or_default(),
+                        pod_ready(&p),
+                        p.status.as_ref().and_then(|s| s.conditions.clone())
+                    ));
+                }
+                Err(format!("status {s}; pods {pods_now:#?}"))
+            }
+        },
+    )
+    .await;
+    let after = uids(pods.list(&gateways).await.unwrap().items);
+    for (name, uid) in &before {
+        assert_ne!(after.get(name), Some(uid), "{name} was not replaced");
+    }
+    let notes = restarted_events().await;
+    let restarted = &notes[restarts_before.min(notes.len())..];
+    // Every pod runs the new revision; none was restarted twice. (A pod the StatefulSet
+    // recreated with the new revision on its own, such as the one deleted above, needs no
+    // restart.)
+    for name in before.keys() {
+        let n = restarted.iter().filter(|n| *n == name).count();
+        assert!(
+            n <= 1,
+            "{name} restarted {n} times: {restarted:?}; before: {revisions_before}; after: {}",
+            revisions().await
+        );
+    }
+    step!(
+        "template change rolled by the planner in {:.0}s: each pod replaced exactly once ({restarted:?}), phase {}",
+        rolled_at.elapsed().as_secs_f64(),
+        done["phase"]
     );
     let summaries = [newcomers.stop().await, latecomers.stop().await];
     for summary in &summaries {
@@ -1143,6 +1177,7 @@ async fn operator_end_to_end() {
         ("update", "secrets", false),
         ("delete", "secrets", false),
         ("watch", "pods", true),
+        ("create", "pods --subresource=eviction", true),
     ] {
         let mut args = vec!["auth", "can-i", verb];
         args.extend(resource.split(' '));

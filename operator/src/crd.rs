@@ -339,6 +339,18 @@ pub struct PresenceClusterStatus {
     /// The certificate in the Secret and how many pods serve it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<CertificateStatus>,
+    /// The adaptive budget in force: planned reconnects per second the fleet may take now,
+    /// at most `migration.maxReconnectsPerSecond`, lowered when pods report slow or refused
+    /// handshakes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconnect_budget_per_second: Option<i64>,
+    /// What a rotation or rebalance is waiting for, if anything (also an Event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    /// The planner's memory (opaque JSON): a rollout, rebalance or re-handshake window under
+    /// way survives an operator restart or failover through it. Not for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planner: Option<String>,
 }
 
 /// One gateway pod.

@@ -27,14 +27,28 @@ pub struct Received {
 }
 
 /// What the operator wants of one pod now.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Wanted {
     /// `Some(false)`: steer new connections away.
     pub accepting: Option<bool>,
-    /// Close this many connections per second, paced, while it is wanted.
+    /// Close this many connections per second, paced, while it is wanted (a person's wish,
+    /// from an annotation).
     pub drain_per_second: Option<u64>,
+    /// The planner's drain for this interval.
+    pub drain: Option<PlannedDrain>,
     /// Why, for the sidecar's log.
     pub why: String,
+}
+
+/// A drain the planner decided: handed out once per plan (every answer within one plan
+/// renews the same directive; the next plan replaces it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedDrain {
+    /// Which plan decided it.
+    pub plan: u64,
+    pub connections: u64,
+    pub over_seconds: f64,
+    pub older_certificate_first: bool,
 }
 
 struct Issued {
@@ -46,7 +60,9 @@ struct Issued {
 /// Shared between the report server and the observer.
 pub struct Hub {
     reports: Mutex<HashMap<PodKey, Received>>,
-    wanted: Mutex<HashMap<PodKey, Wanted>>,
+    /// What the observer last wanted, and when: wishes older than a directive's lifetime are
+    /// not handed out (an observer that stopped must not keep pods steered forever).
+    wanted: Mutex<(Option<Instant>, HashMap<PodKey, Wanted>)>,
     issued: Mutex<HashMap<PodKey, Issued>>,
     /// Planned and unplanned closes per `(namespace, cluster)`, summed as reports arrive, so
     /// no report's deltas are lost however often the observer looks.
@@ -125,10 +141,12 @@ impl Hub {
 
     /// Replaces what is wanted of every pod (pods not named want nothing).
     pub fn set_wanted(&self, pods: HashMap<PodKey, Wanted>) {
-        *self.wanted.lock().expect("hub lock") = pods
-            .into_iter()
-            .filter(|(_, w)| *w != Wanted::default())
-            .collect();
+        *self.wanted.lock().expect("hub lock") = (
+            Some(Instant::now()),
+            pods.into_iter()
+                .filter(|(_, w)| *w != Wanted::default())
+                .collect(),
+        );
     }
 
     /// Forgets pods that are gone (their reports and directives).
@@ -141,19 +159,21 @@ impl Hub {
     }
 
     fn directives_for(&self, key: &PodKey, now: Instant) -> Directives {
-        let wanted = self
-            .wanted
-            .lock()
-            .expect("hub lock")
-            .get(key)
-            .cloned()
-            .unwrap_or_default();
+        let wanted = {
+            let (set_at, wanted) = &*self.wanted.lock().expect("hub lock");
+            let fresh = set_at.is_some_and(|t| t.elapsed() <= self.lifetime);
+            wanted
+                .get(key)
+                .filter(|_| fresh)
+                .cloned()
+                .unwrap_or_default()
+        };
         let lifetime = self.lifetime.as_secs_f64();
         let mut issued = self.issued.lock().expect("hub lock");
         let previous = issued.get(key);
         // A drain is issued as slices: each answer closes what one interval's worth of the rate
         // is (the time since the previous answer, bounded), under a new id so it is applied.
-        let drain = wanted.drain_per_second.filter(|r| *r > 0).map(|rate| {
+        let sliced = wanted.drain_per_second.filter(|r| *r > 0).map(|rate| {
             let since = previous
                 .map(|p| now.saturating_duration_since(p.at).as_secs_f64())
                 .unwrap_or(1.0)
@@ -165,8 +185,15 @@ impl Hub {
                 why: wanted.why.clone(),
             }
         });
+        let planned = wanted.drain.as_ref().map(|d| DrainDirective {
+            connections: d.connections,
+            over_seconds: d.over_seconds.clamp(0.1, lifetime),
+            older_certificate_first: d.older_certificate_first,
+            why: wanted.why.clone(),
+        });
+        let drain = sliced.clone().or(planned);
         let id = match previous {
-            Some(p) if p.wanted == wanted && drain.is_none() => p.id,
+            Some(p) if p.wanted == wanted && sliced.is_none() => p.id,
             _ => self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
         };
         issued.insert(
@@ -217,6 +244,7 @@ mod tests {
                 accepting: Some(false),
                 drain_per_second: Some(20),
                 why: "test".into(),
+                ..Wanted::default()
             },
         )]));
         let a = hub.receive(key.clone(), received(t0 + Duration::from_secs(2)));
@@ -237,5 +265,48 @@ mod tests {
         assert!(hub.reports_of("ns", "other", t0).is_empty());
         hub.forget(|_| false);
         assert!(hub.reports_of("ns", "edge", t0).is_empty());
+    }
+
+    #[test]
+    fn a_planned_drain_is_applied_once_per_plan() {
+        let hub = Hub::new(Duration::from_secs(5));
+        let key: PodKey = ("ns".into(), "edge-0".into());
+        let t0 = Instant::now();
+        let plan = |id: u64| {
+            HashMap::from([(
+                key.clone(),
+                Wanted {
+                    accepting: Some(false),
+                    drain: Some(PlannedDrain {
+                        plan: id,
+                        connections: 12,
+                        over_seconds: 1.0,
+                        older_certificate_first: false,
+                    }),
+                    why: "rebalance".into(),
+                    ..Wanted::default()
+                },
+            )])
+        };
+        hub.set_wanted(plan(1));
+        let a = hub.receive(key.clone(), received(t0));
+        let a_again = hub.receive(key.clone(), received(t0 + Duration::from_millis(300)));
+        assert_eq!(
+            a.id, a_again.id,
+            "the same plan's drain is renewed, not repeated"
+        );
+        let drain = a.drain.clone().unwrap();
+        assert_eq!((drain.connections, drain.over_seconds), (12, 1.0));
+        assert_eq!(a.validate(), Ok(()));
+        hub.set_wanted(plan(2));
+        let b = hub.receive(key.clone(), received(t0 + Duration::from_secs(1)));
+        assert_ne!(a.id, b.id, "the next plan's drain is a new directive");
+        hub.set_wanted(HashMap::new());
+        let c = hub.receive(key.clone(), received(t0 + Duration::from_secs(2)));
+        assert_eq!(
+            (c.accepting, c.drain),
+            (None, None),
+            "nothing planned, nothing asked"
+        );
     }
 }

@@ -11,8 +11,10 @@
 //! - [`report_server`] takes each sidecar's report over HTTPS ([`report_tls`]), believes it only
 //!   for the pod its token is bound to ([`auth`], TokenReview), and answers with directives;
 //! - [`hub`] holds the latest reports and turns what the operator wants into directives;
-//! - [`observer`] runs every second: reports, Secret, pods → [`status`] (pure), [`migration`]
-//!   (the migration signal), Events and metrics.
+//! - [`observer`] runs every second: reports, Secret, pods → [`planning`] (the planner's
+//!   drains, steering and restarts, carried out: directives through the hub, restarts through
+//!   the Eviction API), [`status`] (pure), [`migration`] (the migration signal), Events and
+//!   metrics.
 //!
 //! [`crd`] holds the resource's types; their doc comments are what `kubectl explain` shows.
 //! [`metrics`] exports the operator's figures; [`leader`] keeps a second replica idle (it
@@ -32,6 +34,7 @@ pub mod leader;
 pub mod metrics;
 pub mod migration;
 pub mod observer;
+pub mod planning;
 pub mod reconcile;
 pub mod report_server;
 pub mod report_tls;

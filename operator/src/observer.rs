@@ -1,9 +1,14 @@
 //! The fast loop: every second, for every PresenceCluster, what its pods report, what its
-//! Secret holds, what a person asked of its pods — turned into the status, the Events, the
-//! metrics, and the directives the report server hands out.
+//! Secret holds, what a person asked of its pods — turned into a plan (the planner's drains,
+//! steering and restarts), the status, the Events, the metrics, and the directives the
+//! report server hands out.
 //!
-//! The reconcile (slow, on spec changes) builds and applies objects; this loop only observes
-//! and writes `status`, at most once a second per cluster and only when it changed, so fast
+//! The planner's memory is kept in `status.planner`, so a new leader resumes a rollout where
+//! the previous one left it: no pod drained or restarted twice, none forgotten. Restarts go
+//! through the Eviction API, so PodDisruptionBudgets hold.
+//!
+//! The reconcile (slow, on spec changes) builds and applies objects; this loop only observes,
+//! plans and writes `status`, at most once a second per cluster and only when it changed, so fast
 //! figures never retrigger a reconcile (the controller ignores status-only changes). A Secret
 //! whose resourceVersion changed triggers a reconcile at once, so a renewal is validated
 //! within a second or two with nothing more than `get` on that one Secret.
@@ -19,9 +24,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::channel::mpsc::UnboundedSender;
+use futures::FutureExt as _;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
+use kube::api::{EvictParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -30,6 +36,7 @@ use crate::crd::PresenceCluster;
 use crate::hub::{Hub, PodKey, Wanted};
 use crate::metrics::Metrics;
 use crate::migration::{Change, Tick, Tracker};
+use crate::planning::{self, PodInput};
 use crate::reconcile::MANAGER;
 use crate::report_server::gateway_of;
 use crate::status::{self, Observed, PodView};
@@ -39,6 +46,9 @@ use crate::validate;
 pub const ACCEPTING_ANNOTATION: &str = "ballast.dev/accepting";
 /// Annotation: close this many of the pod's connections per second.
 pub const DRAIN_ANNOTATION: &str = "ballast.dev/drain-per-second";
+/// PresenceCluster annotation: `"true"` pauses the planner (no drains, steering or
+/// restarts; a rotation under way resumes where it was when the annotation goes).
+pub const PAUSED_ANNOTATION: &str = "ballast.dev/paused";
 /// A report older than this is not believed.
 const FRESH: Duration = Duration::from_secs(3);
 
@@ -58,6 +68,14 @@ pub struct Observer {
 
 #[derive(Default)]
 struct ClusterMemory {
+    /// The planner's memory; `None` until read back from the status (a new leader resumes
+    /// where the previous one was).
+    planner: Option<ballast_planner::State>,
+    /// Plans made, numbering each plan's drains.
+    plans: u64,
+    /// What the planner waits for now, in words, and the kind of the wait last announced.
+    waiting: Option<String>,
+    wait_kind: Option<std::mem::Discriminant<ballast_planner::Why>>,
     secret_version: Option<String>,
     tracker: Tracker,
     /// The hub's planned and unplanned close sums at the previous tick.
@@ -79,8 +97,20 @@ impl Observer {
                     continue;
                 };
                 let mem = memory.entry((ns.clone(), name.clone())).or_default();
-                if let Err(err) = self.observe(prc, &ns, &name, mem, &mut wanted).await {
-                    tracing::debug!(namespace = %ns, %name, error = %err, "observation incomplete");
+                // A bug met by one cluster's observation must not freeze every cluster's
+                // status: it is logged, that cluster gets no directives this tick (so they
+                // lapse), and the loop goes on.
+                let observed =
+                    std::panic::AssertUnwindSafe(self.observe(prc, &ns, &name, mem, &mut wanted))
+                        .catch_unwind()
+                        .await;
+                let Ok(observed) = observed else {
+                    tracing::error!(namespace = %ns, %name, "observation panicked; no directives for this cluster this tick");
+                    wanted.retain(|(pod_ns, _), _| pod_ns != &ns);
+                    continue;
+                };
+                if let Err(err) = observed {
+                    tracing::warn!(namespace = %ns, %name, error = %err, "observation incomplete: status not written this tick");
                 }
             }
             memory.retain(|(ns, name), _| {
@@ -180,9 +210,99 @@ impl Observer {
                 )).await;
             }
         }
-        for (pod, w) in asked {
+        // The plan: drains, steering and restarts for this tick; a person's annotations come
+        // first for their pod.
+        let wall = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        // A pod a person steered away is theirs: the planner sees it as a pod whose figures it
+        // does not know, so it neither fills, drains nor restarts it (a rollout waits for it).
+        let person_steered = |pod: &str| asked.get(pod).is_some_and(|w| w.accepting == Some(false));
+        let inputs: Vec<PodInput<'_>> = pods
+            .iter()
+            .zip(&views)
+            .map(|(p, v)| PodInput {
+                name: &v.name,
+                uid: p.metadata.uid.as_deref().unwrap_or(""),
+                // Steering fails a pod's readiness on purpose: to the plan, a pod that is
+                // not Ready only because it is steered is as ready as it was (else every
+                // rebalance would end the moment its donors are steered, and start again).
+                ready: v.ready || v.available(),
+                up_to_date: v.up_to_date,
+                terminating: v.terminating,
+                report: reports
+                    .get(&v.name)
+                    .filter(|r| Some(r.uid.as_str()) == p.metadata.uid.as_deref())
+                    .filter(|_| !person_steered(&v.name))
+                    .map(|r| (&r.report, now.saturating_duration_since(r.at).as_secs_f64())),
+            })
+            .collect();
+        let state = mem.planner.take().unwrap_or_else(|| {
+            prc.status
+                .as_ref()
+                .and_then(|s| s.planner.as_deref())
+                .and_then(|text| serde_json::from_str(text).ok())
+                .unwrap_or_default()
+        });
+        mem.plans += 1;
+        let spec = planning::spec_of(prc, self.interval.as_secs_f64());
+        let (mut plan, mut carried) = planning::step(
+            &spec,
+            &planning::observation_of(wall, &inputs),
+            &state,
+            mem.plans,
+        );
+        let paused = prc
+            .annotations()
+            .get(PAUSED_ANNOTATION)
+            .is_some_and(|v| v == "true");
+        if paused {
+            // Nothing is drained, steered or restarted, and the planner's memory stands still,
+            // so resuming picks up exactly where the rotation was.
+            plan.state = state;
+            carried = planning::Carried {
+                waits: vec![ballast_planner::Why::Paused],
+                ..planning::Carried::default()
+            };
+        }
+        let mut planned = carried.wanted;
+        planning::merge(&mut planned, asked);
+        for (pod, w) in planned {
             wanted.insert((ns.to_owned(), pod), w);
         }
+        for (pod, why) in &carried.restarts {
+            if let Err(err) = self.restart(prc, ns, pod, why).await {
+                // Not restarted: forget the order so that the next plan tries again.
+                if let Some(rollout) = plan.state.rollout.as_mut() {
+                    rollout.restarting.remove(pod);
+                    rollout.restarted.remove(pod);
+                }
+                self.pod_event(
+                    prc,
+                    pod,
+                    true,
+                    "RestartRefused",
+                    format!("could not evict {pod} ({err}); the planner will try again"),
+                )
+                .await;
+            }
+        }
+        // One Event when the kind of wait changes (its figures change every tick).
+        let wait = carried.waits.first();
+        let kind = wait.map(std::mem::discriminant);
+        if kind != mem.wait_kind {
+            if let Some(why) = wait {
+                let warning = planning::needs_a_person(why);
+                let reason = if warning { "CannotProceed" } else { "Waiting" };
+                self.event(prc, warning, reason, why.to_string()).await;
+            }
+            mem.wait_kind = kind;
+        }
+        mem.waiting = wait.map(ToString::to_string);
+        let planner_text = serde_json::to_string(&plan.state).ok();
+        let budget = plan.budget;
+        mem.planner = Some(plan.state);
 
         // Closes since the last tick, from the hub's running sums.
         let (planned_total, unplanned_total) = self.hub.closes_of(ns, name);
@@ -212,7 +332,7 @@ impl Observer {
                 draining,
                 planned,
                 unplanned,
-                budget_per_second: i64::from(prc.spec.migration.max_reconnects_per_second),
+                budget_per_second: budget.round() as i64,
             },
             offline,
         );
@@ -223,6 +343,9 @@ impl Observer {
             pods: views,
             migration: mem.tracker.status().cloned(),
             migrating: mem.tracker.active(),
+            budget: Some(budget),
+            waiting: mem.waiting.clone(),
+            planner: planner_text,
         };
         let now_text = ballast_contract::clock::rfc3339(ballast_contract::clock::unix_now());
         let new = status::compute(prc, &observed, prc.status.as_ref(), &now_text);
@@ -263,7 +386,57 @@ impl Observer {
         Ok(())
     }
 
+    /// Restarts a pod the planner drained, through the Eviction API, so that
+    /// PodDisruptionBudgets hold; the StatefulSet brings its successor up.
+    async fn restart(
+        &self,
+        prc: &PresenceCluster,
+        ns: &str,
+        pod: &str,
+        why: &str,
+    ) -> Result<(), kube::Error> {
+        Api::<Pod>::namespaced(self.client.clone(), ns)
+            .evict(pod, &EvictParams::default())
+            .await?;
+        tracing::info!(namespace = %ns, %pod, %why, "pod evicted for its restart");
+        self.pod_event(prc, pod, false, "PodRestarted", format!("{pod}: {why}"))
+            .await;
+        Ok(())
+    }
+
     async fn event(&self, prc: &PresenceCluster, warning: bool, reason: &str, note: String) {
+        self.publish(prc, warning, reason, note, None).await;
+    }
+
+    /// An Event about one of the cluster's pods: `related` names the pod, which also keeps
+    /// the recorder from folding two pods' Events into one series with the first one's note.
+    async fn pod_event(
+        &self,
+        prc: &PresenceCluster,
+        pod: &str,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        let related = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: prc.namespace(),
+            name: Some(pod.into()),
+            ..ObjectReference::default()
+        };
+        self.publish(prc, warning, reason, note, Some(related))
+            .await;
+    }
+
+    async fn publish(
+        &self,
+        prc: &PresenceCluster,
+        warning: bool,
+        reason: &str,
+        note: String,
+        related: Option<ObjectReference>,
+    ) {
         let event = Event {
             type_: if warning {
                 EventType::Warning
@@ -273,7 +446,7 @@ impl Observer {
             reason: reason.into(),
             note: Some(note),
             action: "Observe".into(),
-            secondary: None,
+            secondary: related,
         };
         if let Err(err) = self.recorder.publish(&event, &prc.object_ref(&())).await {
             tracing::warn!(error = %err, "could not publish an Event");
@@ -302,6 +475,7 @@ fn wanted_of(pod: &Pod) -> Wanted {
         accepting,
         drain_per_second,
         why,
+        drain: None,
     }
 }
 

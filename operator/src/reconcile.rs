@@ -95,7 +95,10 @@ pub async fn reconcile(prc: Arc<PresenceCluster>, ctx: Arc<Context>) -> Result<A
 
     // 2 + 3. Build and apply, only with nothing wrong.
     if problem.is_none() {
-        let built = workload::build(&prc, &ctx.env);
+        let mut built = workload::build(&prc, &ctx.env);
+        if let Ok(facts) = &certificate {
+            workload::restart_on_renewal(&prc, &mut built.statefulset, &facts.sha256);
+        }
         ensure_admin_token(&ctx.client, &prc, &namespace).await?;
         if let Some(ca) = &built.operator_ca {
             apply(&ctx.client, &namespace, ca).await?;

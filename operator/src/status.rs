@@ -11,7 +11,7 @@ use ballast_contract::Report;
 
 use crate::crd::{
     CertificateStatus, Condition, MigrationStatus, Phase, PodStatus, PresenceCluster,
-    PresenceClusterStatus, RotationStrategy,
+    PresenceClusterStatus,
 };
 use crate::validate::Problem;
 use crate::workload;
@@ -55,7 +55,7 @@ impl PodView {
 }
 
 /// Everything one tick observed.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Observed {
     /// The first problem found by validation, if any.
     pub problem: Option<Problem>,
@@ -65,6 +65,12 @@ pub struct Observed {
     /// The migration running or last finished, and whether one is running.
     pub migration: Option<MigrationStatus>,
     pub migrating: bool,
+    /// The planner's adaptive budget, reconnects per second.
+    pub budget: Option<f64>,
+    /// What a rotation or rebalance waits for, in words.
+    pub waiting: Option<String>,
+    /// The planner's memory, serialized.
+    pub planner: Option<String>,
 }
 
 /// A change worth an Event.
@@ -73,22 +79,6 @@ pub struct Notice {
     pub warning: bool,
     pub reason: String,
     pub message: String,
-}
-
-/// Spec settings the operator does not act on yet: said in status, never silently ignored.
-pub fn not_honored(prc: &PresenceCluster) -> Vec<&'static str> {
-    let spec = &prc.spec;
-    let mut out = Vec::new();
-    if spec.tls.rotation.strategy == RotationStrategy::RollingRestart {
-        out.push("tls.rotation.strategy RollingRestart (pods hot-reload; none is restarted)");
-    }
-    if spec.tls.rotation.reconnect_existing.is_some() {
-        out.push("tls.rotation.reconnectExisting (old-certificate connections are not moved)");
-    }
-    if spec.rebalance.enabled {
-        out.push("rebalance.enabled (imbalance is reported, not corrected)");
-    }
-    out
 }
 
 /// Computes the new status. `now` is RFC 3339; it stamps conditions whose status changed.
@@ -258,27 +248,10 @@ pub fn compute(
             Some(false),
             "RevisionPending",
             format!(
-                "{updated} of {pods_total} pods run the current spec; the others change only when replaced (updateStrategy OnDelete)"
+                "{updated} of {pods_total} pods run the current spec; the planner replaces the others one by one, drained first"
             ),
         )
     };
-    let pending = not_honored(prc);
-    let honored_condition = if pending.is_empty() {
-        condition(
-            "SpecHonored",
-            Some(true),
-            "AllHonored",
-            "every setting is acted on".into(),
-        )
-    } else {
-        condition(
-            "SpecHonored",
-            Some(false),
-            "NotYetImplemented",
-            format!("not acted on yet: {}", pending.join("; ")),
-        )
-    };
-
     let phase = if observed.problem.is_some() {
         Phase::Degraded
     } else if observed.migrating {
@@ -306,7 +279,6 @@ pub fn compute(
             balanced_condition,
             migrating_condition,
             up_to_date_condition,
-            honored_condition,
         ],
         replicas: observed.pods.len() as i32,
         ready_replicas: ready,
@@ -331,6 +303,9 @@ pub fn compute(
             })
             .collect(),
         migration: observed.migration.clone(),
+        reconnect_budget_per_second: observed.budget.map(|b| b.round() as i64),
+        waiting: observed.waiting.clone(),
+        planner: observed.planner.clone(),
         imbalance: (imbalance * 100.0).round() / 100.0,
         certificate: observed.certificate.as_ref().map(|c| CertificateStatus {
             sha256: c.sha256.clone(),
@@ -425,8 +400,7 @@ mod tests {
             problem: None,
             certificate: Some(cert(sha)),
             pods,
-            migration: None,
-            migrating: false,
+            ..Observed::default()
         }
     }
 
@@ -456,11 +430,6 @@ mod tests {
         assert_eq!(s.certificate.as_ref().unwrap().served, "3/3");
         assert_eq!(s.pods[2].connections, Some(160));
         assert_eq!(s.observed_generation, Some(4));
-        assert_eq!(
-            find(&s, "SpecHonored").status,
-            "False",
-            "rebalancing is not built yet"
-        );
     }
 
     #[test]
@@ -488,8 +457,7 @@ mod tests {
             }),
             certificate: None,
             pods: vec![],
-            migration: None,
-            migrating: false,
+            ..Observed::default()
         };
         let first = compute(&example(), &o, None, "2026-11-24T10:00:00Z");
         assert_eq!(first.phase, Phase::Degraded);

@@ -22,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{PresenceCluster, ServiceType};
+use crate::crd::{PresenceCluster, RotationStrategy, ServiceType};
 
 /// Name of the injected container.
 pub const SIDECAR_CONTAINER: &str = "ballast-sidecar";
@@ -140,6 +140,27 @@ pub fn build(prc: &PresenceCluster, env: &Environment) -> Workload {
             ..ConfigMap::default()
         }),
     }
+}
+
+/// Pod-template annotation naming the certificate the pods were started with, under
+/// `tls.rotation.strategy: RollingRestart`: a renewal changes it, which makes every pod out
+/// of date, and the planner rolls them, drained, one budgeted step at a time.
+pub const CERTIFICATE_ANNOTATION: &str = "ballast.dev/certificate-sha256";
+
+/// Under RollingRestart, ties the pod template to the certificate served (see
+/// [`CERTIFICATE_ANNOTATION`]); under HotReload a renewal changes nothing in the template.
+pub fn restart_on_renewal(prc: &PresenceCluster, statefulset: &mut StatefulSet, sha256: &str) {
+    if prc.spec.tls.rotation.strategy != RotationStrategy::RollingRestart {
+        return;
+    }
+    statefulset
+        .spec
+        .template
+        .metadata
+        .get_or_insert_with(ObjectMeta::default)
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(CERTIFICATE_ANNOTATION.into(), sha256.into());
 }
 
 fn statefulset(prc: &PresenceCluster, name: &str, env: &Environment) -> StatefulSet {
@@ -722,6 +743,31 @@ mod tests {
         assert_eq!(
             w.pdb.spec.unwrap().max_unavailable,
             Some(IntOrString::Int(2))
+        );
+    }
+
+    #[test]
+    fn only_a_rolling_restart_cluster_ties_its_pods_to_the_certificate() {
+        let mut prc = example();
+        let env = Environment::default();
+        let mut hot = build(&prc, &env).statefulset;
+        restart_on_renewal(&prc, &mut hot, "aaa");
+        let annotations = |s: &StatefulSet| {
+            s.spec
+                .template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.annotations.clone())
+        };
+        assert!(!annotations(&hot)
+            .unwrap_or_default()
+            .contains_key(CERTIFICATE_ANNOTATION));
+        prc.spec.tls.rotation.strategy = RotationStrategy::RollingRestart;
+        let mut rolling = build(&prc, &env).statefulset;
+        restart_on_renewal(&prc, &mut rolling, "bbb");
+        assert_eq!(
+            annotations(&rolling).unwrap()[CERTIFICATE_ANNOTATION],
+            "bbb"
         );
     }
 }

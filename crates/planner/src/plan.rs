@@ -501,9 +501,10 @@ pub fn plan(spec: &Spec, obs: &Observation, state: &State) -> Plan {
     let steering_restricted = moving && accepting.len() < serving.len();
     let mut pods = Vec::with_capacity(obs.pods.len());
     for (i, p) in obs.pods.iter().enumerate() {
-        // A ready pod that does not report is left as it is: we cannot see what it holds.
-        let accepts =
-            accepting_set.contains(&i) || (roles[i] == Role::Unknown && p.ready && !p.terminating);
+        // A pod that is not Ready (a successor starting, a pod coming up) or that the plan
+        // cannot see is left as it is: steering fails readiness, so steering a pod that is
+        // starting would keep it from ever becoming Ready.
+        let accepts = accepting_set.contains(&i) || (!p.terminating && roles[i] == Role::Unknown);
         let why = if !accepts {
             Why::NotAccepting
         } else if steering_restricted {

@@ -36,6 +36,9 @@ pub enum Why {
     NotAccepting,
     /// Steering: nothing to steer.
     Default,
+    /// A person paused the planner (the operator's `ballast.dev/paused` annotation); the
+    /// planner itself never decides this.
+    Paused,
 }
 
 impl fmt::Display for Why {
@@ -82,6 +85,10 @@ impl fmt::Display for Why {
             Why::BelowTarget => write!(f, "below its target: accepting"),
             Why::NotAccepting => write!(f, "shedding, restarting or full: not accepting"),
             Why::Default => write!(f, "accepting"),
+            Why::Paused => write!(
+                f,
+                "paused by annotation ballast.dev/paused: nothing is drained or restarted until it is removed"
+            ),
         }
     }
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Api, Client};
 
 pub use ballast_e2e::control_plane::ControlPlane;
@@ -83,6 +84,15 @@ impl Drop for Cluster {
                     .flatten()
                 {
                     if let Ok(text) = std::fs::read_to_string(log.path()) {
+                        let lines: Vec<&str> = text.lines().collect();
+                        for (i, l) in lines.iter().enumerate() {
+                            if l.contains("panicked") {
+                                eprintln!("----- a panic in {}:", log.path().display());
+                                for l in lines.iter().skip(i).take(4) {
+                                    eprintln!("{l}");
+                                }
+                            }
+                        }
                         let tail: Vec<&str> = text.lines().rev().take(25).collect();
                         eprintln!("----- last lines of {}:", log.path().display());
                         for l in tail.iter().rev() {
@@ -440,4 +450,109 @@ impl LocalCluster {
         text.push_str(&String::from_utf8_lossy(&out.stderr));
         (out.status.success(), text)
     }
+}
+
+/// The namespace the examples use.
+pub const NS: &str = "presence";
+/// Where the chart installs the operator.
+pub const OPERATOR_NS: &str = "ballast-system";
+
+/// `helm install` of the chart as the suites use it: `replicas` operator replicas, pods bound
+/// to their own address, a 2 s resync, the report channel on this cluster's loopback address.
+pub fn install_operator(lc: &LocalCluster, replicas: usize) {
+    let chart = workspace().join("charts/ballast");
+    let replicas = format!("replicas={replicas}");
+    let mut args = vec![
+        "install",
+        "ballast",
+        chart.to_str().unwrap(),
+        "--namespace",
+        OPERATOR_NS,
+        "--create-namespace",
+        "--set",
+        "bindPodIP=true",
+        "--set",
+        &replicas,
+        "--set",
+        "resync=2s",
+        "--set",
+        "logFormat=text",
+        "--wait",
+        "--timeout",
+        "120s",
+    ];
+    let report = lc.report_values();
+    args.extend(report.iter().map(String::as_str));
+    let (ok, out) = lc.run("helm", &args);
+    assert!(ok, "helm install failed:\n{out}");
+}
+
+/// The examples' namespace, CA Issuer and Certificate; returns the CA once cert-manager has
+/// issued `agents-tls`.
+pub async fn apply_examples(lc: &LocalCluster) -> String {
+    for file in ["namespace.yaml", "issuer.yaml", "certificate.yaml"] {
+        let (ok, out) = apply(lc, file, &example(file));
+        assert!(ok, "{file}: {out}");
+    }
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(lc.client.clone(), NS);
+    eventually(
+        "cert-manager issues agents-tls",
+        Duration::from_secs(60),
+        || async {
+            secrets
+                .get_opt("agents-tls")
+                .await
+                .map_err(|e| e.to_string())?
+                .and_then(|s| s.data?.get("ca.crt").cloned())
+                .map(|ca| String::from_utf8_lossy(&ca.0).into_owned())
+                .ok_or_else(|| "no Secret yet".to_string())
+        },
+    )
+    .await
+}
+
+pub fn prc_api(lc: &LocalCluster) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("ballast.dev", "v1alpha1", "PresenceCluster");
+    Api::namespaced_with(lc.client.clone(), NS, &ApiResource::from_gvk(&gvk))
+}
+
+/// The PresenceCluster's status, as JSON.
+pub async fn prc_status(lc: &LocalCluster, name: &str) -> Result<serde_json::Value, String> {
+    let prc = prc_api(lc).get(name).await.map_err(|e| e.to_string())?;
+    Ok(prc.data["status"].clone())
+}
+
+pub fn condition<'a>(status: &'a serde_json::Value, type_: &str) -> &'a serde_json::Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+pub async fn wait_ready(lc: &LocalCluster, name: &str, pods: usize, timeout: Duration) {
+    eventually(
+        &format!("{name} Ready with {pods} pods"),
+        timeout,
+        || async {
+            let s = prc_status(lc, name).await?;
+            let ready = condition(&s, "Ready");
+            if ready["status"] == "True" && s["readyReplicas"] == pods && s["replicas"] == pods {
+                Ok(())
+            } else {
+                Err(format!("status: {s}"))
+            }
+        },
+    )
+    .await;
+}
+
+/// Writes `text` to a file in the cluster's dir and `kubectl apply`s it.
+pub fn apply(lc: &LocalCluster, name: &str, text: &str) -> (bool, String) {
+    let path = lc.dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    lc.run("kubectl", &["apply", "-f", path.to_str().unwrap()])
+}
+
+pub fn example(file: &str) -> String {
+    std::fs::read_to_string(workspace().join("examples").join(file)).unwrap()
 }

@@ -1,0 +1,240 @@
+//! The planner on the real control plane with real agents: the operator acts on the reports.
+//!
+//! Scale 3 → 4 with agents connected: only the excess moves, from the loaded pods to the new
+//! one, within the budget; the new pod reaches its share within 1.5 × (connections to move ÷
+//! budget) plus the time endpoints take to follow readiness; no other pod is drained below
+//! its share; nobody is dropped.
+
+#[macro_use]
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use ballast_fleet::agents::{Fleet, FleetConfig};
+use common::*;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Patch, PatchParams};
+use kube::Api;
+use serde_json::json;
+
+const AGENTS: usize = 2_000;
+/// Planned reconnects per second: low enough that the move takes seconds, not a blink.
+const BUDGET: f64 = 50.0;
+/// The Service's endpoints follow a pod's readiness: readiness period (2 s), endpoint update,
+/// the e2e follower (every 500 ms).
+const PROPAGATION: Duration = Duration::from_secs(4);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_up_rebalances_within_the_budget() {
+    let lc = start(
+        "planner",
+        &["ballast-sidecar", "ballast-fleet", "ballast-operator"],
+    )
+    .await;
+    install_operator(&lc, 1);
+    let ca_pem = apply_examples(&lc).await;
+    let edge = example("presencecluster.yaml")
+        .replace("drainTimeout: 30s", "drainTimeout: 5s")
+        .replace(
+            "maxReconnectsPerSecond: 500",
+            &format!("maxReconnectsPerSecond: {BUDGET}"),
+        );
+    assert!(edge.contains(&format!("maxReconnectsPerSecond: {BUDGET}")));
+    let (ok, out) = apply(&lc, "edge.yaml", &edge);
+    assert!(ok, "{out}");
+    wait_ready(&lc, "edge", 3, Duration::from_secs(90)).await;
+    step!("edge Ready with 3 pods, budget {BUDGET}/s");
+
+    let (targets, _follower) = ballast_e2e::endpoints::follow(
+        lc.client.clone(),
+        NS,
+        "edge",
+        Some("tls"),
+        ballast_e2e::endpoints::FOLLOW_EVERY,
+    )
+    .await
+    .unwrap();
+    eventually("3 endpoints", Duration::from_secs(30), || async {
+        let n = targets.snapshot().len();
+        if n == 3 {
+            return Ok(());
+        }
+        let pod = Api::<Pod>::namespaced(lc.client.clone(), NS)
+            .get("edge-0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .unwrap_or_default();
+        let sidecar = http_get(format!("{ip}:9901").parse().unwrap(), "/status").await;
+        let prc = prc_status(&lc, "edge").await?;
+        Err(format!(
+            "{n} endpoints; edge-0 sidecar {sidecar:?}; status {prc}"
+        ))
+    })
+    .await;
+    let mut config = FleetConfig::new(targets.clone(), AGENTS, ca_pem);
+    config.duration = Duration::from_secs(600);
+    config.ramp = Duration::from_secs(10);
+    let fleet = Fleet::start(config).unwrap();
+    fleet
+        .wait_connected(AGENTS, Duration::from_secs(90))
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(lc.client.clone(), NS);
+    let addr_of = |pod: &Pod| {
+        format!(
+            "{}:8443",
+            pod.status.as_ref().unwrap().pod_ip.as_deref().unwrap()
+        )
+    };
+    let mut old = BTreeMap::new();
+    for name in ["edge-0", "edge-1", "edge-2"] {
+        old.insert(name, addr_of(&pods.get(name).await.unwrap()));
+    }
+    let spread: Vec<usize> = old
+        .values()
+        .map(|a| fleet.stats().per_target.get(a).copied().unwrap_or(0))
+        .collect();
+    step!("{AGENTS} agents on 3 pods: {spread:?}");
+    // However the agents first landed, the planner evens them out before anything else.
+    let t = Instant::now();
+    eventually("3 pods balanced", Duration::from_secs(120), || async {
+        let stats = fleet.stats();
+        let counts: Vec<usize> = old
+            .values()
+            .map(|a| stats.per_target.get(a).copied().unwrap_or(0))
+            .collect();
+        let mean = AGENTS as f64 / 3.0;
+        if counts
+            .iter()
+            .all(|&c| (c as f64 - mean).abs() <= 0.1 * mean)
+        {
+            Ok(())
+        } else {
+            Err(format!("{counts:?}"))
+        }
+    })
+    .await;
+    step!("3 pods balanced {:.1}s later", t.elapsed().as_secs_f64());
+
+    prc_api(&lc)
+        .patch(
+            "edge",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 4}})),
+        )
+        .await
+        .unwrap();
+    let new_addr = eventually("edge-3 Ready", Duration::from_secs(60), || async {
+        let pod = pods.get("edge-3").await.map_err(|e| e.to_string())?;
+        if pod_ready(&pod) {
+            Ok(addr_of(&pod))
+        } else {
+            Err("not Ready".to_string())
+        }
+    })
+    .await;
+    let ready_at = Instant::now();
+    let mean = AGENTS as f64 / 4.0;
+    let tolerance = 0.10;
+    let to_move = AGENTS as f64 - 3.0 * mean;
+    let bound = Duration::from_secs_f64(1.5 * to_move / BUDGET) + PROPAGATION;
+    // Sampled every 250 ms over the whole move: the new pod's count, and the lowest each old
+    // pod reached.
+    let mut lowest: BTreeMap<&str, usize> = old.keys().map(|k| (*k, usize::MAX)).collect();
+    let mut budgets = (i64::MAX, i64::MIN);
+    let mut last_line = Instant::now();
+    let mut waits = std::collections::BTreeSet::new();
+    let filled = loop {
+        let stats = fleet.stats();
+        for (name, addr) in &old {
+            let n = stats.per_target.get(addr).copied().unwrap_or(0);
+            let low = lowest.get_mut(name).unwrap();
+            *low = (*low).min(n);
+        }
+        if let Ok(s) = prc_status(&lc, "edge").await {
+            let b = s["reconnectBudgetPerSecond"].as_i64().unwrap_or(-1);
+            budgets.0 = budgets.0.min(b);
+            budgets.1 = budgets.1.max(b);
+            if let Some(w) = s["waiting"].as_str() {
+                waits.insert(w.split(':').next().unwrap_or(w).to_owned());
+            }
+        }
+        let on_new = stats.per_target.get(&new_addr).copied().unwrap_or(0) as f64;
+        if last_line.elapsed() >= Duration::from_secs(2) {
+            last_line = Instant::now();
+            let counts: Vec<usize> = old
+                .values()
+                .chain([&new_addr])
+                .map(|a| stats.per_target.get(a).copied().unwrap_or(0))
+                .collect();
+            step!(
+                "  t={:.0}s {counts:?} endpoints {} reconnects {}",
+                ready_at.elapsed().as_secs_f64(),
+                targets.snapshot().len(),
+                stats.reconnects
+            );
+        }
+        if (on_new - mean).abs() <= tolerance * mean {
+            break ready_at.elapsed();
+        }
+        assert!(
+            ready_at.elapsed() < bound * 3,
+            "edge-3 holds {on_new} of a mean {mean} after {:?}",
+            ready_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // Keep watching a little longer: the donors must stop at their share.
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(5) {
+        let stats = fleet.stats();
+        for (name, addr) in &old {
+            let n = stats.per_target.get(addr).copied().unwrap_or(0);
+            let low = lowest.get_mut(name).unwrap();
+            *low = (*low).min(n);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let stats = fleet.stats();
+    let finally: Vec<usize> = old
+        .values()
+        .chain([&new_addr])
+        .map(|a| stats.per_target.get(a).copied().unwrap_or(0))
+        .collect();
+    step!(
+        "budget in status between {} and {}/s during the move; waits {waits:?}; reconnects {}",
+        budgets.0,
+        budgets.1,
+        fleet.stats().reconnects
+    );
+    step!(
+        "scale 3 → 4: edge-3 within {:.0}% of the mean {mean} {:.1}s after Ready (bound {:.1}s = 1.5 × {to_move} ÷ {BUDGET}/s + {:?}); lowest on the old pods {lowest:?}; now {finally:?}",
+        tolerance * 100.0,
+        filled.as_secs_f64(),
+        bound.as_secs_f64(),
+        PROPAGATION
+    );
+    assert!(filled <= bound, "filled in {filled:?}, bound {bound:?}");
+    for (name, low) in &lowest {
+        assert!(
+            *low as f64 >= mean * (1.0 - tolerance),
+            "{name} was drained to {low}, below its share {mean}"
+        );
+    }
+    let s = prc_status(&lc, "edge").await.unwrap();
+    assert!(
+        s["reconnectBudgetPerSecond"].as_i64().unwrap_or(0) > 0,
+        "the budget shows in status: {s}"
+    );
+    let summary = fleet.stop().await;
+    assert_eq!(summary.abrupt_closes, 0, "{summary:?}");
+    step!(
+        "budget in status {}/s; {summary:?}",
+        s["reconnectBudgetPerSecond"]
+    );
+}
