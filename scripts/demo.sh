@@ -7,15 +7,19 @@
 #  3. installs the operator with helm, applies examples/ (cert-manager CA + Certificate +
 #     PresenceCluster), waits for the gateways;
 #  4. connects AGENTS TLS agents through the Service and shows connections per pod live;
-#  5. renews the certificate through cert-manager halfway — agents stay connected;
-#  6. stops and cleans up everything it started (also on Ctrl-C or failure).
+#  5. renews the certificate through cert-manager — the sidecars hot-reload, nobody is dropped;
+#  6. switches the rotation to RollingRestart, which rolls every pod: steered away, drained
+#     within the budget, evicted, replaced, refilled — with the live per-pod counts, the
+#     PresenceCluster's status and its Events as a person would watch them;
+#  7. ends with a summary: agents disconnected, the longest gap, time until the fleet was
+#     balanced again; then stops and cleans up everything it started (also on Ctrl-C).
 #
-# Usage: scripts/demo.sh [AGENTS]   (default 1000; BALLAST_DEMO_SECONDS sets the agents' run, default 60)
+# Usage: scripts/demo.sh [AGENTS]   (default 1000; BALLAST_DEMO_SECONDS bounds the agents' run, default 300)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 AGENTS=${1:-1000}
-RUN_SECONDS=${BALLAST_DEMO_SECONDS:-60}
+RUN_SECONDS=${BALLAST_DEMO_SECONDS:-300}
 export BALLAST_E2E_DIR=${BALLAST_E2E_DIR:-${TMPDIR:-/tmp}/ballast-demo}
 say() { printf '\033[1m[demo %s]\033[0m %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 KUBELET_PID=""; FLEET_PID=""
@@ -61,30 +65,69 @@ kubectl apply -f examples/presencecluster.yaml >/dev/null
 kubectl -n presence wait --for=condition=Ready prc/edge --timeout=120s >/dev/null
 kubectl -n presence get prc,pods -o wide
 
-TARGETS=$("$BIN/ballast-e2e" endpoints --kubeconfig "$KUBECONFIG" --namespace presence --service edge --port tls)
 kubectl -n presence get secret agents-tls -o jsonpath='{.data.ca\.crt}' | base64 -d > "$BALLAST_E2E_DIR/agents-ca.crt"
-say "$AGENTS agents → Service edge ($TARGETS) for ${RUN_SECONDS}s; the progress line shows connections per pod:"
-"$BIN/ballast-fleet" agents --target "$TARGETS" --agents "$AGENTS" --ramp 5s --heartbeat 1s \
-  --offline-threshold 60s --duration "${RUN_SECONDS}s" --ca "$BALLAST_E2E_DIR/agents-ca.crt" \
+say "$AGENTS agents → Service edge, following its ready endpoints as kube-proxy would; the progress line shows connections per pod:"
+"$BIN/ballast-e2e" agents --kubeconfig "$KUBECONFIG" --namespace presence --service edge --port tls \
+  --agents "$AGENTS" --ramp 5s --duration "${RUN_SECONDS}s" --ca "$BALLAST_E2E_DIR/agents-ca.crt" \
   >"$BALLAST_E2E_DIR/summary.json" &
 FLEET_PID=$!
+FLEET_START=$(date +%s)
 
-sleep $(( RUN_SECONDS / 3 ))
+sleep 20
 kubectl -n presence get prc edge
 say "certificate renewal through cert-manager (new private key): sidecars hot-reload, nobody is dropped…"
 kubectl -n presence patch certificate agents-tls --type merge \
   -p '{"spec":{"dnsNames":["localhost","presence.example.com","renewed.example.com"]}}' >/dev/null
-sleep $(( RUN_SECONDS / 3 ))
+sleep 15
 kubectl -n presence get prc edge
 kubectl -n presence get prc edge -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}){"\n"}{end}'
 
+say "rotation strategy → RollingRestart: the gateways restart, one pod at a time, drained first…"
+ROLL_AT=$(( $(date +%s) - FLEET_START ))
+OLD_UIDS=$(kubectl -n presence get pods -l ballast.dev/presencecluster=edge -o jsonpath='{.items[*].metadata.uid}')
+kubectl -n presence patch prc edge --type merge \
+  -p '{"spec":{"tls":{"rotation":{"strategy":"RollingRestart"}}}}' >/dev/null
+rolled=""
+for _ in $(seq 1 60); do
+  sleep 3
+  kubectl -n presence get prc edge --no-headers
+  waiting=$(kubectl -n presence get prc edge -o jsonpath='{.status.waiting}')
+  [ -n "$waiting" ] && echo "    waiting: $waiting"
+  uids=$(kubectl -n presence get pods -l ballast.dev/presencecluster=edge -o jsonpath='{.items[*].metadata.uid}')
+  phase=$(kubectl -n presence get prc edge -o jsonpath='{.status.phase}')
+  replaced=1
+  for u in $uids; do case " $OLD_UIDS " in *" $u "*) replaced="";; esac; done
+  if [ -n "$replaced" ] && [ "$phase" = Stable ]; then rolled=1; break; fi
+done
+[ -n "$rolled" ] || say "the roll did not finish within 3 minutes; see the Events below"
+say "Events the operator wrote:"
+kubectl -n presence get events --sort-by=.lastTimestamp \
+  -o custom-columns=REASON:.reason,OBJECT:.regarding.name,NOTE:.note 2>/dev/null \
+  | grep -E "REASON|PodRestarted|Migration|Waiting|CannotProceed" | tail -15
+sleep 10
+kubectl -n presence get prc edge
+kill -INT "$FLEET_PID" 2>/dev/null || true
 wait "$FLEET_PID" || true; FLEET_PID=""
-say "fleet summary:"
-python3 - "$BALLAST_E2E_DIR/summary.json" <<'PY'
+say "summary:"
+REPLICAS=$(kubectl -n presence get prc edge -o jsonpath='{.spec.replicas}')
+python3 - "$BALLAST_E2E_DIR/summary.json" "$ROLL_AT" "$REPLICAS" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
-for k in ["agents", "connected_at_end", "disconnects", "graceful_closes", "abrupt_closes",
-          "false_offline", "longest_gap_seconds", "handshake_failures", "server_cert_sha256"]:
-    print(f"  {k:22} {s[k]}")
-print(f"  {'heartbeat_rtt_ms p99':22} {s['heartbeat_rtt_ms']['p99']}")
+roll_at, replicas = float(sys.argv[2]), int(sys.argv[3])
+print(f"  agents                 {s['agents']}, connected at the end {s['connected_at_end']}")
+print(f"  disconnected           {s['disconnects']} times ({s['graceful_closes']} planned with close_notify, {s['abrupt_closes']} abrupt)")
+print(f"  longest gap            {s['longest_gap_seconds']:.2f} s (an agent offline longer than 60 s: {s['false_offline']})")
+print(f"  heartbeat p99          {s['heartbeat_rtt_ms']['p99']} ms")
+# Balanced: every pod holds agents, each within 10 % of the mean; the time from the roll's
+# start until the fleet was balanced for good (sampled every second).
+def balanced(per_target):
+    c = [n for n in per_target.values() if n > 0]
+    mean = sum(c) / replicas
+    return len(c) == replicas and all(abs(x - mean) <= 0.1 * mean for x in c)
+unbalanced = [d["at_seconds"] for d in s["distribution"]
+              if d["at_seconds"] >= roll_at and not balanced(d["per_target"])]
+if unbalanced:
+    print(f"  balanced again         {unbalanced[-1] + 1 - roll_at:.0f} s after the roll began")
+else:
+    print("  balanced again         throughout")
 PY

@@ -4,6 +4,7 @@
 //! ballast-e2e kubelet --kubeconfig PATH --node NAME --state-dir DIR
 //!                     [--images FILE] [--bin-dir DIR] [--pod-subnet 127.1.0.0/16]
 //! ballast-e2e endpoints --namespace NS --service NAME [--port PORT-NAME]
+//! ballast-e2e agents --namespace NS --service NAME [--port PORT-NAME] --ca CA.pem [--agents N]
 //! ballast-e2e bench-reports [--sidecars 1000] [--window 30s] [--operator PATH]
 //! ```
 
@@ -66,6 +67,30 @@ enum Command {
         #[arg(long)]
         port: Option<String>,
     },
+    /// Run a fleet of TLS agents against a Service, following its ready endpoints as
+    /// kube-proxy would (re-resolved every 500 ms), with a progress line per second; prints
+    /// the fleet's summary as JSON on stdout. Ctrl-C ends the run early.
+    Agents {
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: PathBuf,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        service: String,
+        /// The Service port's name (needed when it has several).
+        #[arg(long)]
+        port: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// PEM file of the CA the agents trust.
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long, default_value = "5s", value_parser = ballast_contract::duration::parse_duration)]
+        ramp: Duration,
+        /// How long to run, ramp included.
+        #[arg(long, default_value = "60s", value_parser = ballast_contract::duration::parse_duration)]
+        duration: Duration,
+    },
     /// Benchmark: one operator receiving a report every second from each of N sidecars
     /// (simulated, with real pod-bound tokens, on a real control plane brought up and down
     /// here); prints its memory, CPU and report → answer latency. See `make bench-reports`.
@@ -124,6 +149,40 @@ async fn main() -> Result<()> {
                     .to_path_buf(),
             };
             ballast_e2e::report_bench::run(&options).await?.print();
+        }
+        Command::Agents {
+            kubeconfig,
+            namespace,
+            service,
+            port,
+            agents,
+            ca,
+            ramp,
+            duration,
+        } => {
+            let client = client_from(&kubeconfig).await?.1;
+            let (targets, _follower) = ballast_e2e::endpoints::follow(
+                client,
+                &namespace,
+                &service,
+                port.as_deref(),
+                ballast_e2e::endpoints::FOLLOW_EVERY,
+            )
+            .await?;
+            let ca_pem = std::fs::read_to_string(&ca)
+                .with_context(|| format!("reading the CA {}", ca.display()))?;
+            let mut config = ballast_fleet::agents::FleetConfig::new(targets, agents, ca_pem);
+            config.ramp = ramp;
+            config.duration = duration;
+            let fleet = ballast_fleet::agents::Fleet::start(config)?;
+            ballast_fleet::spawn_progress(&fleet, Duration::from_secs(1));
+            tokio::select! {
+                _ = tokio::time::sleep_until(fleet.deadline()) => {}
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, stopping the fleet"),
+            }
+            let mut summary = fleet.stop().await;
+            summary.per_agent.clear();
+            println!("{}", serde_json::to_string_pretty(&summary)?);
         }
         Command::Endpoints {
             kubeconfig,

@@ -222,46 +222,7 @@ async fn operator_end_to_end() {
     // issues a new pair (new key: rotationPolicy Always) into agents-tls. Timed from the moment
     // the new Secret is visible in the API to status showing its fingerprint served by 3/3.
     let before = prc_status(&lc, "edge").await.unwrap()["certificate"]["sha256"].clone();
-    let old_crt = secrets.get("agents-tls").await.unwrap().data.unwrap()["tls.crt"].clone();
-    let now = jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string();
-    let trigger = json!([{"op": "add", "path": "/status/conditions/-", "value": {
-        "type": "Issuing", "status": "True", "reason": "ManuallyTriggered",
-        "message": "renewal requested by the e2e test", "lastTransitionTime": now}}]);
-    let (ok, out) = lc.run(
-        "kubectl",
-        &[
-            "patch",
-            "certificate",
-            "agents-tls",
-            "-n",
-            NS,
-            "--subresource=status",
-            "--type=json",
-            "-p",
-            &trigger.to_string(),
-        ],
-    );
-    assert!(ok, "triggering the renewal: {out}");
-    let renewed_at = eventually(
-        "cert-manager writes the renewed pair",
-        Duration::from_secs(60),
-        || async {
-            let data = secrets
-                .get("agents-tls")
-                .await
-                .map_err(|e| e.to_string())?
-                .data
-                .unwrap_or_default();
-            if data.get("tls.crt").is_some_and(|c| *c != old_crt) {
-                Ok(std::time::Instant::now())
-            } else {
-                Err("the Secret still holds the old pair".to_string())
-            }
-        },
-    )
-    .await;
+    let renewed_at = renew_certificate(&lc).await;
     let renewed = eventually(
         "status shows the renewed certificate served by every pod",
         Duration::from_secs(30),
@@ -768,24 +729,7 @@ async fn operator_end_to_end() {
     };
     let gateways = ListParams::default().labels("ballast.dev/presencecluster=edge");
     let before = uids(pods.list(&gateways).await.unwrap().items);
-    let restarted_events = || async {
-        let list = events.list(&ListParams::default()).await.unwrap();
-        list.items
-            .iter()
-            .filter(|e| e.reason.as_deref() == Some("PodRestarted"))
-            // One Event per pod (`related`); a repeat is the same object with a series count.
-            .flat_map(|e| {
-                let n = e.series.as_ref().map_or(1, |s| s.count.max(1)) as usize;
-                let pod = e
-                    .related
-                    .as_ref()
-                    .and_then(|r| r.name.clone())
-                    .unwrap_or_default();
-                std::iter::repeat_n(pod, n)
-            })
-            .collect::<Vec<_>>()
-    };
-    let restarts_before = restarted_events().await.len();
+    let restarts_before = restarted_pods(&lc).await.len();
     let revisions = || async {
         let set = sts.get("edge").await.unwrap();
         let status = set.status.unwrap_or_default();
@@ -872,7 +816,7 @@ async fn operator_end_to_end() {
     for (name, uid) in &before {
         assert_ne!(after.get(name), Some(uid), "{name} was not replaced");
     }
-    let notes = restarted_events().await;
+    let notes = restarted_pods(&lc).await;
     let restarted = &notes[restarts_before.min(notes.len())..];
     // Every pod runs the new revision; none was restarted twice. (A pod the StatefulSet
     // recreated with the new revision on its own, such as the one deleted above, needs no

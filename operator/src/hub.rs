@@ -38,6 +38,10 @@ pub struct Wanted {
     pub drain: Option<PlannedDrain>,
     /// Why, for the sidecar's log.
     pub why: String,
+    /// The pod this is wanted of, when known. A StatefulSet's successor has its
+    /// predecessor's name: a wish made for a pod being drained must not reach the successor,
+    /// which would start steered away and never become Ready.
+    pub pod_uid: Option<String>,
 }
 
 /// A drain the planner decided: handed out once per plan (every answer within one plan
@@ -97,6 +101,7 @@ impl Hub {
     /// Stores a report and returns the directives for its pod.
     pub fn receive(&self, key: PodKey, received: Received) -> Directives {
         let now = received.at;
+        let received_uid = received.uid.clone();
         {
             let closed = &received.report.closed;
             let mut closes = self.closes.lock().expect("hub lock");
@@ -110,7 +115,7 @@ impl Hub {
             .lock()
             .expect("hub lock")
             .insert(key.clone(), received);
-        self.directives_for(&key, now)
+        self.directives_for(&key, &received_uid, now)
     }
 
     /// The latest report of every pod of `namespace/cluster`, received after `since`.
@@ -158,13 +163,14 @@ impl Hub {
         self.issued.lock().expect("hub lock").retain(|k, _| keep(k));
     }
 
-    fn directives_for(&self, key: &PodKey, now: Instant) -> Directives {
+    fn directives_for(&self, key: &PodKey, uid: &str, now: Instant) -> Directives {
         let wanted = {
             let (set_at, wanted) = &*self.wanted.lock().expect("hub lock");
             let fresh = set_at.is_some_and(|t| t.elapsed() <= self.lifetime);
             wanted
                 .get(key)
                 .filter(|_| fresh)
+                .filter(|w| w.pod_uid.as_deref().is_none_or(|u| u == uid))
                 .cloned()
                 .unwrap_or_default()
         };
@@ -307,6 +313,32 @@ mod tests {
             (c.accepting, c.drain),
             (None, None),
             "nothing planned, nothing asked"
+        );
+    }
+
+    #[test]
+    fn a_wish_for_a_pod_never_reaches_its_successor_of_the_same_name() {
+        let hub = Hub::new(Duration::from_secs(5));
+        let key: PodKey = ("ns".into(), "edge-0".into());
+        hub.set_wanted(HashMap::from([(
+            key.clone(),
+            Wanted {
+                accepting: Some(false),
+                pod_uid: Some("u".into()),
+                ..Wanted::default()
+            },
+        )]));
+        let t0 = Instant::now();
+        assert_eq!(
+            hub.receive(key.clone(), received(t0)).accepting,
+            Some(false)
+        );
+        let mut successor = received(t0);
+        successor.uid = "v".into();
+        assert_eq!(
+            hub.receive(key, successor).accepting,
+            None,
+            "the successor starts free to become Ready"
         );
     }
 }

@@ -36,6 +36,7 @@ pub mod migration;
 pub mod observer;
 pub mod planning;
 pub mod reconcile;
+pub mod renewals;
 pub mod report_server;
 pub mod report_tls;
 pub mod status;

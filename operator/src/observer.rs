@@ -38,6 +38,7 @@ use crate::metrics::Metrics;
 use crate::migration::{Change, Tick, Tracker};
 use crate::planning::{self, PodInput};
 use crate::reconcile::MANAGER;
+use crate::renewals::{self, Expiry};
 use crate::report_server::gateway_of;
 use crate::status::{self, Observed, PodView};
 use crate::validate;
@@ -81,6 +82,11 @@ struct ClusterMemory {
     /// The hub's planned and unplanned close sums at the previous tick.
     counted: (u64, u64),
     steering_refused: bool,
+    /// Pods (uids) seen Ready: see [`PodView::available`].
+    been_ready: BTreeSet<String>,
+    /// The certificate's expiry, and the clusters whose renewals line up with it (announced).
+    not_after: Option<i64>,
+    renewals_aligned: Vec<String>,
 }
 
 impl Observer {
@@ -92,6 +98,17 @@ impl Observer {
             tick.tick().await;
             let mut wanted: HashMap<PodKey, Wanted> = HashMap::new();
             let clusters = self.clusters.state();
+            // Every cluster's certificate expiry as last seen: whose renewals line up.
+            let expiries: Vec<Expiry> = memory
+                .iter()
+                .filter_map(|((namespace, name), m)| {
+                    Some(Expiry {
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                        not_after: m.not_after?,
+                    })
+                })
+                .collect();
             for prc in &clusters {
                 let (Some(ns), name) = (prc.namespace(), prc.name_any()) else {
                     continue;
@@ -100,10 +117,16 @@ impl Observer {
                 // A bug met by one cluster's observation must not freeze every cluster's
                 // status: it is logged, that cluster gets no directives this tick (so they
                 // lapse), and the loop goes on.
-                let observed =
-                    std::panic::AssertUnwindSafe(self.observe(prc, &ns, &name, mem, &mut wanted))
-                        .catch_unwind()
-                        .await;
+                let observed = std::panic::AssertUnwindSafe(self.observe(
+                    prc,
+                    &ns,
+                    &name,
+                    mem,
+                    &mut wanted,
+                    &expiries,
+                ))
+                .catch_unwind()
+                .await;
                 let Ok(observed) = observed else {
                     tracing::error!(namespace = %ns, %name, "observation panicked; no directives for this cluster this tick");
                     wanted.retain(|(pod_ns, _), _| pod_ns != &ns);
@@ -132,6 +155,7 @@ impl Observer {
         name: &str,
         mem: &mut ClusterMemory,
         wanted: &mut HashMap<PodKey, Wanted>,
+        expiries: &[Expiry],
     ) -> Result<(), kube::Error> {
         let secret_name = &prc.spec.tls.secret_name;
         let secret = Api::<Secret>::namespaced(self.client.clone(), ns)
@@ -144,6 +168,24 @@ impl Observer {
         }
         mem.secret_version = version.or(Some(String::new()));
         let certificate = validate::secret(secret.as_ref(), secret_name, SystemTime::now());
+        mem.not_after = certificate.as_ref().ok().map(|c| c.not_after);
+        let aligned = mem.not_after.map_or_else(Vec::new, |not_after| {
+            renewals::aligned_with(
+                &Expiry {
+                    namespace: ns.to_owned(),
+                    name: name.to_owned(),
+                    not_after,
+                },
+                expiries,
+            )
+        });
+        if aligned != mem.renewals_aligned {
+            if !aligned.is_empty() {
+                self.event(prc, true, "RenewalsAligned", renewals::message(&aligned))
+                    .await;
+            }
+            mem.renewals_aligned = aligned;
+        }
         let problem = validate::template(prc)
             .err()
             .or_else(|| certificate.as_ref().err().cloned());
@@ -165,11 +207,17 @@ impl Observer {
             })
             .collect();
         pods.sort_by_key(|p| p.name_any());
+        let uid_of = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
+        mem.been_ready
+            .retain(|uid| pods.iter().any(|p| uid_of(p) == *uid));
+        mem.been_ready
+            .extend(pods.iter().filter(|p| is_ready(p)).map(|p| uid_of(p)));
         let views: Vec<PodView> = pods
             .iter()
             .map(|p| PodView {
                 name: p.name_any(),
                 ready: is_ready(p),
+                been_ready: mem.been_ready.contains(&uid_of(p)),
                 terminating: p.metadata.deletion_timestamp.is_some(),
                 up_to_date: revision.is_some()
                     && p.labels().get("controller-revision-hash") == revision.as_ref(),
@@ -268,7 +316,11 @@ impl Observer {
         }
         let mut planned = carried.wanted;
         planning::merge(&mut planned, asked);
-        for (pod, w) in planned {
+        for (pod, mut w) in planned {
+            w.pod_uid = pods
+                .iter()
+                .find(|p| p.name_any() == pod)
+                .and_then(|p| p.metadata.uid.clone());
             wanted.insert((ns.to_owned(), pod), w);
         }
         for (pod, why) in &carried.restarts {
@@ -346,6 +398,7 @@ impl Observer {
             budget: Some(budget),
             waiting: mem.waiting.clone(),
             planner: planner_text,
+            renewals_aligned: mem.renewals_aligned.clone(),
         };
         let now_text = ballast_contract::clock::rfc3339(ballast_contract::clock::unix_now());
         let new = status::compute(prc, &observed, prc.status.as_ref(), &now_text);
@@ -476,6 +529,7 @@ fn wanted_of(pod: &Pod) -> Wanted {
         drain_per_second,
         why,
         drain: None,
+        pod_uid: None,
     }
 }
 

@@ -299,6 +299,7 @@ mod tests {
                 drain_per_second: Some(5),
                 drain: None,
                 why: "annotated".into(),
+                pod_uid: None,
             },
         )]);
         merge(&mut planned, asked);

@@ -22,6 +22,8 @@ pub struct PodView {
     pub name: String,
     /// The pod's Ready condition.
     pub ready: bool,
+    /// This operator has seen the pod Ready before (a successor starting has not).
+    pub been_ready: bool,
     /// It has a deletion timestamp.
     pub terminating: bool,
     /// It runs the StatefulSet's current revision.
@@ -31,15 +33,20 @@ pub struct PodView {
 }
 
 impl PodView {
-    /// Able to serve agents: Ready, or not Ready only because the operator steers new
-    /// connections away (its sidecar says so, and that it is otherwise fine).
+    /// Able to serve agents: Ready; or not Ready only because the operator steers new
+    /// connections away (its sidecar says so, and that it is otherwise fine); or Ready before
+    /// and its sidecar fine now. The last is the moment after steering is lifted: the sidecar
+    /// is ready again, the kubelet's Ready condition follows at its next probe. Judged
+    /// unavailable there, a pod on an old revision was restarted at once as "not Ready",
+    /// undrained, with its 900 agents (found by the RollingRestart e2e).
     pub fn available(&self) -> bool {
+        let fine = |r: &Report| r.upstream_reachable && !r.terminating;
         !self.terminating
             && (self.ready
                 || self
                     .report
                     .as_ref()
-                    .is_some_and(|r| r.steered_away && r.upstream_reachable && !r.terminating))
+                    .is_some_and(|r| fine(r) && (r.steered_away || self.been_ready)))
     }
 
     fn state(&self) -> &'static str {
@@ -71,6 +78,8 @@ pub struct Observed {
     pub waiting: Option<String>,
     /// The planner's memory, serialized.
     pub planner: Option<String>,
+    /// Other clusters whose certificates renew at about the same time (`namespace/name`).
+    pub renewals_aligned: Vec<String>,
 }
 
 /// A change worth an Event.
@@ -158,7 +167,7 @@ pub fn compute(
             format!("{ready} of {desired} gateway pods ready"),
         ),
     };
-    let served_condition = match (&observed.certificate, served) {
+    let mut served_condition = match (&observed.certificate, served) {
         (None, _) | (_, None) => condition(
             "CertificateServed",
             None,
@@ -201,6 +210,13 @@ pub fn compute(
             ),
         ),
     };
+    if !observed.renewals_aligned.is_empty() {
+        served_condition.message = format!(
+            "{}; {}",
+            served_condition.message,
+            crate::renewals::message(&observed.renewals_aligned)
+        );
+    }
     let balance_message =
         format!("busiest pod at {imbalance:.2}× the mean (tolerance {tolerance:.2}×)");
     let balanced_condition = if serving.is_empty() {
@@ -374,6 +390,7 @@ mod tests {
 
     fn pod(name: &str, connections: u64, sha: &str) -> PodView {
         PodView {
+            been_ready: true,
             name: name.into(),
             ready: true,
             terminating: false,
@@ -406,6 +423,29 @@ mod tests {
 
     fn find<'a>(s: &'a PresenceClusterStatus, t: &str) -> &'a Condition {
         s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn a_pod_between_steering_and_its_next_probe_is_available_a_starting_one_is_not() {
+        let mut p = pod("edge-0", 100, "aaa");
+        p.ready = false;
+        assert!(p.available(), "Ready before, its sidecar fine now");
+        p.been_ready = false;
+        assert!(!p.available(), "a successor starting: not until Ready");
+        p.report.as_mut().unwrap().steered_away = true;
+        assert!(p.available(), "steered away and otherwise fine");
+        p.report.as_mut().unwrap().upstream_reachable = false;
+        assert!(!p.available(), "its gateway is gone");
+    }
+
+    #[test]
+    fn renewals_that_line_up_are_said_in_the_certificate_condition() {
+        let mut o = observed(vec![pod("edge-0", 100, "aaa")], "aaa");
+        o.renewals_aligned = vec!["iot/edge".into()];
+        let s = compute(&example(), &o, None, "2026-11-24T10:00:00Z");
+        let c = find(&s, "CertificateServed");
+        assert_eq!(c.reason, "AllPodsServe", "a warning, not a failure");
+        assert!(c.message.contains("iot/edge"), "{}", c.message);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{
     HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSpec, Probe,
     ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretVolumeSource,
     SecurityContext, Service, ServiceAccountTokenProjection, ServicePort,
-    ServiceSpec as CoreServiceSpec, SleepAction, Volume, VolumeMount, VolumeProjection,
+    ServiceSpec as CoreServiceSpec, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -34,8 +34,6 @@ pub const TLS_MOUNT: &str = "/etc/ballast/tls";
 pub const CLUSTER_LABEL: &str = "ballast.dev/presencecluster";
 /// Extra time beyond the drain window before the kubelet kills a terminating pod.
 const GRACE_MARGIN_SECONDS: i64 = 30;
-/// How long the gateway outlives the drain window, for the last closes to complete.
-const GATEWAY_STOP_MARGIN_SECONDS: i64 = 5;
 
 /// Where the pod's projected report token, the operator's CA and the admin token are mounted.
 pub const REPORT_MOUNT: &str = "/var/run/secrets/ballast";
@@ -177,7 +175,7 @@ fn statefulset(prc: &PresenceCluster, name: &str, env: &Environment) -> Stateful
         None => pod.containers.first_mut(),
     };
     if let Some(gateway) = gateway {
-        outlive_the_drain(gateway, drain_seconds);
+        outlive_the_drain(gateway, spec.sidecar.admin_port);
     }
     pod.containers.push(sidecar_container(prc, env));
     let volumes = pod.volumes.get_or_insert_with(Vec::new);
@@ -234,13 +232,18 @@ fn statefulset(prc: &PresenceCluster, name: &str, env: &Environment) -> Stateful
 
 /// Kubernetes signals every container of a terminating pod at once, but the gateway must keep
 /// serving while the sidecar drains its agents onto other pods. Unless the user set their own
-/// preStop hook, the gateway's SIGTERM is delayed until the drain window has passed.
-fn outlive_the_drain(gateway: &mut Container, drain_seconds: i64) {
+/// preStop hook, the gateway's SIGTERM waits on the sidecar's `GET /drained`, which answers
+/// once the sidecar holds no agent (or has exited, or its drain window is over): the gateway
+/// stops as soon as its agents have moved. A fixed sleep of the whole window here made every
+/// planned restart take `drainTimeout` even when its drain took two seconds.
+fn outlive_the_drain(gateway: &mut Container, admin_port: i32) {
     let lifecycle = gateway.lifecycle.get_or_insert_with(Lifecycle::default);
     if lifecycle.pre_stop.is_none() {
         lifecycle.pre_stop = Some(LifecycleHandler {
-            sleep: Some(SleepAction {
-                seconds: drain_seconds + GATEWAY_STOP_MARGIN_SECONDS,
+            http_get: Some(HTTPGetAction {
+                path: Some("/drained".into()),
+                port: IntOrString::Int(admin_port),
+                ..HTTPGetAction::default()
             }),
             ..LifecycleHandler::default()
         });
@@ -578,19 +581,25 @@ mod tests {
     fn the_gateway_outlives_the_drain_unless_it_has_its_own_pre_stop() {
         let w = build(&example(), &Environment::default());
         let gateway = &w.statefulset.spec.template.spec.unwrap().containers[0];
-        let sleep = gateway
+        let wait = gateway
             .lifecycle
             .as_ref()
             .unwrap()
             .pre_stop
             .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
             .unwrap();
-        assert_eq!(sleep.sleep.as_ref().unwrap().seconds, 605);
+        assert_eq!(
+            (wait.path.as_deref(), &wait.port),
+            (Some("/drained"), &IntOrString::Int(9901))
+        );
 
         let mut prc = example();
         prc.spec.template.spec.as_mut().unwrap().containers[0].lifecycle = Some(Lifecycle {
             pre_stop: Some(LifecycleHandler {
-                sleep: Some(SleepAction { seconds: 1 }),
+                sleep: Some(k8s_openapi::api::core::v1::SleepAction { seconds: 1 }),
                 ..LifecycleHandler::default()
             }),
             ..Lifecycle::default()

@@ -1,4 +1,5 @@
-//! The admin HTTP API: probes, metrics, status, and drains.
+//! The admin HTTP API: probes, metrics, status, drains, and `/drained` (the gateway's preStop
+//! hook waits on it).
 //!
 //! Reads are open (the kubelet probes, Prometheus scrapes). Mutations — starting or
 //! cancelling a drain — close agents' connections, so with `--admin-token-file` (which the
@@ -81,6 +82,7 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Rep
             .body(Full::new(Bytes::from(shared.metrics.encode())))
             .expect("static response"),
         (&Method::GET, "/status") => json(StatusCode::OK, &status(shared)),
+        (&Method::GET, "/drained") => drained(shared).await,
         (&Method::POST, "/drain") | (&Method::DELETE, "/drain") => {
             if let Err(reply) = authorize(&req, peer, shared) {
                 return reply;
@@ -93,13 +95,47 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Rep
             }
             start_drain(req, shared).await
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/status" | "/drain") => {
+        (_, "/healthz" | "/readyz" | "/metrics" | "/status" | "/drain" | "/drained") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error(
             StatusCode::NOT_FOUND,
-            "not found; endpoints: /healthz /readyz /metrics /status /drain",
+            "not found; endpoints: /healthz /readyz /metrics /status /drain /drained",
         ),
+    }
+}
+
+/// Answers 200 once the sidecar is terminating and holds no agent connection; 503 if that has
+/// not happened within the shutdown drain window + 5 s (the sidecar's own exit deadline).
+///
+/// The operator makes it the gateway's preStop hook: the kubelet signals every container of a
+/// terminating pod at once, and the gateway must keep serving until the sidecar has moved its
+/// agents away — then no longer. It may be called before the sidecar has seen its own SIGTERM
+/// (the kubelet runs hooks and signals concurrently), so it waits for both conditions. When the
+/// sidecar exits first, the caller's connection drops, which also ends the hook.
+async fn drained(shared: &Shared) -> Reply {
+    let deadline = std::time::Instant::now()
+        + shared.config.shutdown_drain
+        + std::time::Duration::from_secs(5);
+    loop {
+        if !shared.accepting() && shared.connections.is_empty() {
+            return text(StatusCode::OK, "drained\n");
+        }
+        if std::time::Instant::now() >= deadline {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "not drained: {} connections, {}",
+                    shared.connections.len(),
+                    if shared.accepting() {
+                        "not terminating"
+                    } else {
+                        "terminating"
+                    }
+                ),
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 

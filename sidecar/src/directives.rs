@@ -55,6 +55,7 @@ impl Directed {
             let size = DrainSize::Count(usize::try_from(drain.connections).unwrap_or(usize::MAX));
             tracing::debug!(id = wire.id, connections = drain.connections, why = %drain.why, "operator drain");
             drainer.start(Origin::Directive(wire.id), size, window);
+            metrics.directive_drains.inc();
         }
         if wire.accepting == Some(false) && slot.as_ref().and_then(|c| c.accepting) != Some(false) {
             tracing::info!(
@@ -164,6 +165,11 @@ mod tests {
         directed
             .apply(&wire(3, Some(false), Some(8)), t1, &drainer, &metrics)
             .unwrap();
+        assert_eq!(
+            metrics.directive_drains.get(),
+            1,
+            "a renewal is not a second drain"
+        );
         assert!(!directed.lapse_if_expired(t0 + Duration::from_secs(7), &drainer, &metrics));
         assert!(directed.steered_away(t0 + Duration::from_secs(7)));
         // Silence past the renewed expiry: everything lapses.

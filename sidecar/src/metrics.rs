@@ -104,6 +104,7 @@ pub struct Metrics {
     reports: Family<ResultLabel, Counter>,
     pub directives_applied: Counter,
     pub directive_lapses: Counter,
+    pub directive_drains: Counter,
     pub steered_away: Gauge,
 }
 
@@ -131,6 +132,7 @@ impl Metrics {
             reports: Family::default(),
             directives_applied: Counter::default(),
             directive_lapses: Counter::default(),
+            directive_drains: Counter::default(),
             steered_away: Gauge::default(),
             registry: Registry::default(),
         };
@@ -203,6 +205,11 @@ impl Metrics {
             "directive_lapses",
             "Times the operator's directives lapsed because no answer renewed them",
             m.directive_lapses.clone(),
+        );
+        registry.register(
+            "directive_drains",
+            "Paced drains started by an operator directive (a directive renewed by the same id is not counted again)",
+            m.directive_drains.clone(),
         );
         registry.register(
             "steered_away",

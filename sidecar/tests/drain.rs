@@ -155,6 +155,15 @@ async fn sigterm_fails_readiness_at_once_drains_over_the_window_and_exits_zero()
         .unwrap();
     assert_eq!(sidecar.get("/readyz").unwrap().0, 200);
 
+    // The gateway's preStop hook, asked before the sidecar sees SIGTERM (the kubelet runs
+    // hooks and signals concurrently): it must wait out the drain, then answer (or see the
+    // sidecar exit, which also ends the hook).
+    let admin = sidecar.admin;
+    let hook = std::thread::spawn(move || {
+        let r = http(admin, "GET", "/drained", None, None);
+        (Instant::now(), r)
+    });
+    std::thread::sleep(Duration::from_millis(200));
     let term = Instant::now();
     sidecar.signal("TERM");
     sidecar.wait_for(Duration::from_millis(500), |s| {
@@ -179,6 +188,20 @@ async fn sigterm_fails_readiness_at_once_drains_over_the_window_and_exits_zero()
         exited_after >= Duration::from_millis(2500) && exited_after < Duration::from_secs(8),
         "exited after {exited_after:?}"
     );
+
+    let (answered, reply) = hook.join().unwrap();
+    let waited = answered.duration_since(term);
+    assert!(
+        waited >= Duration::from_millis(2500) && waited <= exited_after + Duration::from_secs(1),
+        "/drained answered {waited:?} after SIGTERM ({reply:?}); the sidecar exited after {exited_after:?}"
+    );
+    // 200, or the connection closed unanswered because the sidecar exited first.
+    if let Ok((code, body)) = &reply {
+        assert!(
+            matches!((*code, body.as_str()), (200, "drained\n") | (0, "")),
+            "{reply:?}"
+        );
+    }
 
     let summary = fleet.stop().await;
     assert_eq!(summary.graceful_closes, 300, "{}", brief(&summary));

@@ -556,3 +556,66 @@ pub fn apply(lc: &LocalCluster, name: &str, text: &str) -> (bool, String) {
 pub fn example(file: &str) -> String {
     std::fs::read_to_string(workspace().join("examples").join(file)).unwrap()
 }
+
+/// Renews the examples' Certificate `agents-tls` the way `cmctl renew` does (the Certificate
+/// gets the status condition Issuing=True; cert-manager issues a new pair, a new key under
+/// rotationPolicy Always) and returns the moment the new pair is visible in the Secret.
+pub async fn renew_certificate(lc: &LocalCluster) -> Instant {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(lc.client.clone(), NS);
+    let crt = |s: k8s_openapi::api::core::v1::Secret| s.data.unwrap_or_default().remove("tls.crt");
+    let old = crt(secrets.get("agents-tls").await.unwrap());
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let trigger = serde_json::json!([{"op": "add", "path": "/status/conditions/-", "value": {
+        "type": "Issuing", "status": "True", "reason": "ManuallyTriggered",
+        "message": "renewal requested by the e2e test", "lastTransitionTime": now}}]);
+    let (ok, out) = lc.run(
+        "kubectl",
+        &[
+            "patch",
+            "certificate",
+            "agents-tls",
+            "-n",
+            NS,
+            "--subresource=status",
+            "--type=json",
+            "-p",
+            &trigger.to_string(),
+        ],
+    );
+    assert!(ok, "triggering the renewal: {out}");
+    eventually(
+        "cert-manager writes the renewed pair",
+        Duration::from_secs(60),
+        || async {
+            let now = crt(secrets.get("agents-tls").await.map_err(|e| e.to_string())?);
+            if now.is_some() && now != old {
+                Ok(Instant::now())
+            } else {
+                Err("the Secret still holds the old pair".to_string())
+            }
+        },
+    )
+    .await
+}
+
+/// The pods the operator restarted in the examples' namespace, one entry per restart, from its
+/// `PodRestarted` Events: one Event per pod (its `related`), a repeat counted in the series.
+pub async fn restarted_pods(lc: &LocalCluster) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(lc.client.clone(), NS);
+    let list = events.list(&ListParams::default()).await.unwrap();
+    list.items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("PodRestarted"))
+        .flat_map(|e| {
+            let n = e.series.as_ref().map_or(1, |s| s.count.max(1)) as usize;
+            let pod = e
+                .related
+                .as_ref()
+                .and_then(|r| r.name.clone())
+                .unwrap_or_default();
+            std::iter::repeat_n(pod, n)
+        })
+        .collect()
+}
