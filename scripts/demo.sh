@@ -54,8 +54,12 @@ KUBELET_PID=$!
 kubectl wait --for=condition=Ready node/demo-node --timeout=60s >/dev/null
 
 say "helm install ballast (operator under its own ServiceAccount and least-privilege RBAC)…"
+# The process kubelet has no Service proxy: the operator's report channel listens on one
+# loopback address of the pod network that every sidecar reaches (see e2e/README.md).
+REPORT=127.1.250.1:9443
 helm install ballast charts/ballast -n ballast-system --create-namespace \
-  --set bindPodIP=true --set resync=2s --wait --timeout 120s >/dev/null
+  --set bindPodIP=true --set resync=2s --set report.listen=$REPORT --set report.address=$REPORT \
+  --wait --timeout 120s >/dev/null
 kubectl -n ballast-system get deploy ballast
 
 say "kubectl apply -f examples/ (cert-manager CA, Certificate agents-tls, PresenceCluster edge)…"
@@ -101,9 +105,10 @@ for _ in $(seq 1 60); do
 done
 [ -n "$rolled" ] || say "the roll did not finish within 3 minutes; see the Events below"
 say "Events the operator wrote:"
-kubectl -n presence get events --sort-by=.lastTimestamp \
-  -o custom-columns=REASON:.reason,OBJECT:.regarding.name,NOTE:.note 2>/dev/null \
-  | grep -E "REASON|PodRestarted|Migration|Waiting|CannotProceed" | tail -15
+kubectl -n presence get events.v1.events.k8s.io --sort-by=.metadata.creationTimestamp \
+  -o custom-columns=REASON:.reason,OBJECT:.regarding.name,POD:.related.name,NOTE:.note 2>/dev/null \
+  | grep -E "^(REASON|PodRestarted|RestartRefused|MigrationStarted|MigrationFinished|Waiting|CannotProceed|RenewalsAligned) " \
+  | tail -15
 sleep 10
 kubectl -n presence get prc edge
 kill -INT "$FLEET_PID" 2>/dev/null || true
