@@ -13,11 +13,25 @@ use anyhow::{bail, Context as _};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// A free TCP port on 127.0.0.1 (free when asked; the caller binds it soon after).
+///
+/// Picked below the kernel's ephemeral range (`ip_local_port_range`): a port found free and
+/// released there stays free until the component that needs it binds it, seconds later. An
+/// ephemeral port (what binding port 0 hands out) can meanwhile become the local port of any
+/// outbound connection — a CI run lost its kube-scheduler that way ("bind: address already in
+/// use").
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding 127.0.0.1:0")
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let below = ephemeral_from.clamp(12_000, 32_768);
+    for _ in 0..1_000 {
+        let port = fastrand::u16(10_000..below);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in 10000..{below} after 1,000 tries");
 }
 
 /// One running control plane. `down.sh` runs on drop.
