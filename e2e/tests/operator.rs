@@ -153,15 +153,7 @@ async fn operator_end_to_end() {
 
     // Agents through the Service, as kube-proxy would route them: every attempt picks among
     // the endpoints that are ready now (followed every 500 ms).
-    let (targets, _follower) = ballast_e2e::endpoints::follow(
-        lc.client.clone(),
-        NS,
-        "edge",
-        Some("tls"),
-        ballast_e2e::endpoints::FOLLOW_EVERY,
-    )
-    .await
-    .unwrap();
+    let (targets, _follower) = follow_edge(&lc).await;
     assert_eq!(targets.snapshot().len(), 3);
     let ca_pem = String::from_utf8(
         secrets.get("agents-tls").await.unwrap().data.unwrap()["ca.crt"]

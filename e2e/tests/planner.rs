@@ -48,36 +48,8 @@ async fn scale_up_rebalances_within_the_budget() {
     wait_ready(&lc, "edge", 3, Duration::from_secs(90)).await;
     step!("edge Ready with 3 pods, budget {BUDGET}/s");
 
-    let (targets, _follower) = ballast_e2e::endpoints::follow(
-        lc.client.clone(),
-        NS,
-        "edge",
-        Some("tls"),
-        ballast_e2e::endpoints::FOLLOW_EVERY,
-    )
-    .await
-    .unwrap();
-    eventually("3 endpoints", Duration::from_secs(30), || async {
-        let n = targets.snapshot().len();
-        if n == 3 {
-            return Ok(());
-        }
-        let pod = Api::<Pod>::namespaced(lc.client.clone(), NS)
-            .get("edge-0")
-            .await
-            .map_err(|e| e.to_string())?;
-        let ip = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.clone())
-            .unwrap_or_default();
-        let sidecar = http_get(format!("{ip}:9901").parse().unwrap(), "/status").await;
-        let prc = prc_status(&lc, "edge").await?;
-        Err(format!(
-            "{n} endpoints; edge-0 sidecar {sidecar:?}; status {prc}"
-        ))
-    })
-    .await;
+    let (targets, _follower) = follow_edge(&lc).await;
+    wait_endpoints(&lc, &targets, 3).await;
     let mut config = FleetConfig::new(targets.clone(), AGENTS, ca_pem);
     config.duration = Duration::from_secs(600);
     config.ramp = Duration::from_secs(10);

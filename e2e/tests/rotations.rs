@@ -63,22 +63,8 @@ async fn rig(tag: &str, operators: usize, edits: &[(&str, &str)]) -> Rig {
     let (ok, out) = apply(&lc, "edge.yaml", &edge);
     assert!(ok, "{out}");
     wait_ready(&lc, "edge", 3, Duration::from_secs(90)).await;
-    let (targets, follower) = ballast_e2e::endpoints::follow(
-        lc.client.clone(),
-        NS,
-        "edge",
-        Some("tls"),
-        ballast_e2e::endpoints::FOLLOW_EVERY,
-    )
-    .await
-    .unwrap();
-    eventually("3 endpoints", Duration::from_secs(30), || async {
-        match targets.snapshot().len() {
-            3 => Ok(()),
-            n => Err(format!("{n} endpoints")),
-        }
-    })
-    .await;
+    let (targets, follower) = follow_edge(&lc).await;
+    wait_endpoints(&lc, &targets, 3).await;
     let mut config = FleetConfig::new(targets.clone(), AGENTS, ca_pem);
     config.duration = Duration::from_secs(1_200);
     config.ramp = Duration::from_secs(15);
@@ -301,6 +287,25 @@ impl Seen {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    /// Samples until the roll is over (see [`rolled`]), at most 300 s.
+    async fn until_rolled(
+        &mut self,
+        rig: &Rig,
+        before: &BTreeMap<String, BTreeSet<String>>,
+        old_sha: &serde_json::Value,
+    ) {
+        self.until(
+            rig,
+            "every pod replaced, the renewal served 3/3",
+            Duration::from_secs(300),
+            |rig, seen| {
+                rolled(seen, before, old_sha)
+                    .map_err(|e| format!("{e}; agents per pod {:?}", rig.fleet.stats().per_target))
+            },
+        )
+        .await;
     }
 
     /// No pod accepted faster than its handshake limit over any second, none refused for it.
@@ -586,16 +591,7 @@ async fn rolling_restart_renewal_replaces_each_pod_once() {
     let before = seen.uids.clone();
     let old_sha = seen.status["certificate"]["sha256"].clone();
     let renewed_at = renew_certificate(&rig.lc).await;
-    seen.until(
-        &rig,
-        "every pod replaced, the renewal served 3/3",
-        Duration::from_secs(300),
-        |rig, seen| {
-            rolled(seen, &before, &old_sha)
-                .map_err(|e| format!("{e}; agents per pod {:?}", rig.fleet.stats().per_target))
-        },
-    )
-    .await;
+    seen.until_rolled(&rig, &before, &old_sha).await;
     let rolled_in = renewed_at.elapsed();
     seen.until(
         &rig,
@@ -819,16 +815,7 @@ async fn the_leader_killed_mid_roll_is_resumed_by_the_other_replica() {
         "leader {old_leader} (pid {pid}) killed {:.1}s after the renewal, {draining} draining",
         renewed_at.elapsed().as_secs_f64()
     );
-    seen.until(
-        &rig,
-        "every pod replaced, the renewal served 3/3",
-        Duration::from_secs(300),
-        |rig, seen| {
-            rolled(seen, &before, &old_sha)
-                .map_err(|e| format!("{e}; agents per pod {:?}", rig.fleet.stats().per_target))
-        },
-    )
-    .await;
+    seen.until_rolled(&rig, &before, &old_sha).await;
     let finished = killed_at.elapsed();
     let new_leader = holder().await;
     assert_ne!(new_leader, old_leader, "another replica finished the roll");

@@ -316,11 +316,12 @@ impl Observer {
         }
         let mut planned = carried.wanted;
         planning::merge(&mut planned, asked);
+        let uids: HashMap<String, Option<String>> = pods
+            .iter()
+            .map(|p| (p.name_any(), p.metadata.uid.clone()))
+            .collect();
         for (pod, mut w) in planned {
-            w.pod_uid = pods
-                .iter()
-                .find(|p| p.name_any() == pod)
-                .and_then(|p| p.metadata.uid.clone());
+            w.pod_uid = uids.get(&pod).cloned().flatten();
             wanted.insert((ns.to_owned(), pod), w);
         }
         for (pod, why) in &carried.restarts {

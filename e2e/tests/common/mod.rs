@@ -619,3 +619,52 @@ pub async fn restarted_pods(lc: &LocalCluster) -> Vec<String> {
         })
         .collect()
 }
+
+/// Follows the examples' Service `edge`, port `tls`, as kube-proxy would route (re-resolved
+/// every 500 ms); the targets feed a fleet. Stops when the follower is dropped.
+pub async fn follow_edge(
+    lc: &LocalCluster,
+) -> (
+    ballast_fleet::agents::Targets,
+    ballast_e2e::endpoints::Follower,
+) {
+    ballast_e2e::endpoints::follow(
+        lc.client.clone(),
+        NS,
+        "edge",
+        Some("tls"),
+        ballast_e2e::endpoints::FOLLOW_EVERY,
+    )
+    .await
+    .unwrap()
+}
+
+/// Waits until the followed `targets` list `n` endpoints; the failure says what edge-0's
+/// sidecar and the status said.
+pub async fn wait_endpoints(lc: &LocalCluster, targets: &ballast_fleet::agents::Targets, n: usize) {
+    eventually(
+        &format!("{n} endpoints"),
+        Duration::from_secs(30),
+        || async {
+            let listed = targets.snapshot().len();
+            if listed == n {
+                return Ok(());
+            }
+            let pod = Api::<Pod>::namespaced(lc.client.clone(), NS)
+                .get("edge-0")
+                .await
+                .map_err(|e| e.to_string())?;
+            let ip = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.clone())
+                .unwrap_or_default();
+            let sidecar = http_get(format!("{ip}:9901").parse().unwrap(), "/status").await;
+            let prc = prc_status(lc, "edge").await?;
+            Err(format!(
+                "{listed} endpoints; edge-0 sidecar {sidecar:?}; status {prc}"
+            ))
+        },
+    )
+    .await;
+}
