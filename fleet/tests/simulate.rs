@@ -50,9 +50,13 @@ fn the_incident_with_its_defaults_reloader_against_ballast() {
     let ttb = ballast
         .time_to_balance_seconds
         .expect("ballast balances the fleet");
+    // Above the floor: each of the 10 pods' drains waits for the load balancer to stop
+    // routing to it (2 s of propagation here) before it closes anything, and each successor
+    // for the load balancer to route to it — about 4 s a pod, 40 s over the rollout, in
+    // exchange for no agent sent where it would be moved again or refused.
     assert!(
-        ttb <= 1.2 * floor,
-        "ballast balanced in {ttb} s, more than 1.2x the floor of {floor} s"
+        ttb <= 1.3 * floor,
+        "ballast balanced in {ttb} s, more than 1.3x the floor of {floor} s"
     );
     assert!(ballast.peak_handshakes_per_pod <= 201, "{ballast:?}");
     assert_eq!(ballast.wasted_handshakes, 0);

@@ -279,6 +279,7 @@ impl Observer {
                 ready: v.ready || v.available(),
                 up_to_date: v.up_to_date,
                 terminating: v.terminating,
+                routed: v.ready && !v.terminating,
                 report: reports
                     .get(&v.name)
                     .filter(|r| Some(r.uid.as_str()) == p.metadata.uid.as_deref())

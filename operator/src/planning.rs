@@ -25,6 +25,10 @@ pub struct PodInput<'a> {
     pub ready: bool,
     pub up_to_date: bool,
     pub terminating: bool,
+    /// Kubernetes routes new connections to it: its Ready condition, which is what the
+    /// endpoints controller publishes (steering fails readiness, so this follows steering
+    /// a probe period late).
+    pub routed: bool,
     /// The pod's latest believed report and how old it is, in seconds.
     pub report: Option<(&'a Report, f64)>,
 }
@@ -76,6 +80,7 @@ pub fn observation_of(now: f64, pods: &[PodInput<'_>]) -> Observation {
                 ready: p.ready,
                 up_to_date: p.up_to_date,
                 terminating: p.terminating,
+                routed: Some(p.routed),
                 report: p.report.map(|(r, age)| PodReport {
                     at: now - age,
                     connections: r.connections.total,
@@ -143,7 +148,9 @@ fn carry(plan: &Plan, obs: &Observation, plan_id: u64) -> Carried {
             }
             Action::Restart { pod, why } => out.restarts.push((pod.clone(), why.to_string())),
             Action::Wait { why } => {
-                if !matches!(why, Why::NoReport { .. }) {
+                // Transient by nature (a probe period at each change of steering): not
+                // worth an Event each time.
+                if !matches!(why, Why::NoReport { .. } | Why::SteeringPending { .. }) {
                     out.waits.push(why.clone());
                 }
             }
@@ -207,12 +214,29 @@ mod tests {
                 ready: true,
                 up_to_date: true,
                 terminating: false,
+                routed: true,
                 report: Some((r, 0.2)),
             })
             .collect();
         let obs = observation_of(1000.0, &pods);
         assert_eq!(obs.pods[3].report.as_ref().unwrap().at, 999.8);
-        let (plan, carried) = step(&spec(), &obs, &State::default(), 7);
+        // First the donors are steered away; nothing is closed while Kubernetes still routes
+        // to them (their readiness fails a probe period later).
+        let (first, carried) = step(&spec(), &obs, &State::default(), 6);
+        assert_eq!(first.closes, 0, "{first:?}");
+        for donor in &names[..3] {
+            assert_eq!(carried.wanted[*donor].accepting, Some(false));
+            assert!(carried.wanted[*donor].drain.is_none());
+        }
+        let unrouted: Vec<PodInput<'_>> = pods
+            .iter()
+            .map(|p| PodInput {
+                routed: p.name == "edge-3",
+                ..*p
+            })
+            .collect();
+        let obs = observation_of(1001.0, &unrouted);
+        let (plan, carried) = step(&spec(), &obs, &first.state, 7);
         assert!(plan.closes > 0, "{plan:?}");
         for donor in &names[..3] {
             let w = &carried.wanted[*donor];
@@ -243,6 +267,7 @@ mod tests {
                 ready: true,
                 up_to_date: i != 0,
                 terminating: false,
+                routed: true,
                 report: Some((r, 0.1)),
             })
             .collect();
@@ -267,6 +292,7 @@ mod tests {
             ready: false,
             up_to_date: true,
             terminating: false,
+            routed: false,
             report: None,
         }];
         let during: Vec<PodInput<'_>> = successor
@@ -343,6 +369,7 @@ mod quiet {
                 ready: true,
                 up_to_date: true,
                 terminating: false,
+                routed: true,
                 report: Some((&r, 0.1)),
             })
             .collect();
@@ -370,6 +397,7 @@ mod quiet {
                 ready: false,
                 up_to_date: true,
                 terminating: false,
+                routed: false,
                 report: None,
             })
             .collect();

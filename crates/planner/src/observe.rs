@@ -20,12 +20,20 @@ pub struct PodObservation {
     pub name: String,
     /// Changes when the pod is replaced: how a restart's successor is recognised.
     pub uid: String,
-    /// Kubernetes readiness.
+    /// Serving: Kubernetes readiness, or not Ready only because the plan steers it away.
     pub ready: bool,
     /// Runs the current revision of the pod template (and so the current certificate setup).
     pub up_to_date: bool,
     /// Being deleted.
     pub terminating: bool,
+    /// Whether the load balancer sends new connections to this pod now, as far as the caller
+    /// can tell (the operator: the pod's Ready condition, which is what the endpoints
+    /// controller publishes; the simulator: its load balancer's view). Steering reaches the
+    /// load balancer seconds late (probe period, endpoint propagation), and a planned close
+    /// lands where the load balancer routes, not where the plan steers. `None` when unknown:
+    /// the plan then assumes its steering is in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routed: Option<bool>,
     /// The sidecar's latest report; `None` when it has not reported.
     pub report: Option<PodReport>,
 }

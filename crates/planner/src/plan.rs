@@ -131,7 +131,17 @@ pub fn plan(spec: &Spec, obs: &Observation, state: &State) -> Plan {
     let missing = st.last_total.map_or(planned_recently, |before| {
         before.saturating_sub(held_everywhere)
     });
-    let in_flight = planned_recently.min(missing);
+    // Closes planned after a pod's report was taken cannot show in it: however the counts
+    // add up, those are in flight (a late report would otherwise hide a whole plan's worth
+    // of agents on their way to the receivers).
+    let oldest_report = reports.iter().flatten().map(|r| r.at).fold(now, f64::min);
+    let unreflected: u64 = st
+        .in_flight
+        .iter()
+        .filter(|s| s.at > oldest_report)
+        .map(|s| s.closes)
+        .sum();
+    let in_flight = planned_recently.min(missing).max(unreflected);
     st.last_total = Some(held_everywhere + in_flight);
     let capacity = |i: usize| {
         reports[i]
@@ -346,10 +356,40 @@ pub fn plan(spec: &Spec, obs: &Observation, state: &State) -> Plan {
         }
         per_pod_room = accepting.iter().map(|&i| room(i)).min().unwrap_or(0);
     }
-    let room_for_moves = (accepting.len() as u64 * per_pod_room).saturating_sub(in_flight);
+    // Where a close lands now: pods the load balancer routes to, which is what the plan
+    // steered some seconds ago (probe period, endpoint propagation). While a pod that should
+    // take nothing is still routed to, closes would send agents to a pod that sheds or
+    // restarts (to move again) or past a receiver's target; while no accepting pod is routed
+    // to, they would find nowhere to go. Either way nothing is closed until routing follows.
+    let accepting_set: BTreeSet<usize> = accepting.iter().copied().collect();
+    // A pod that is not Ready (a successor starting, a pod coming up) or that the plan
+    // cannot see is left as it is: steering fails readiness, so steering a pod that is
+    // starting would keep it from ever becoming Ready.
+    // So is a restarted pod's successor until the rollout counts it (it must become routed
+    // for that, and steering it away would prevent it).
+    let successor = |i: usize| {
+        let p = &obs.pods[i];
+        st.rollout
+            .as_ref()
+            .and_then(|r| r.restarting.get(&p.name))
+            .is_some_and(|r| r.old_uid != p.uid)
+    };
+    let accepts = |i: usize| {
+        let p = &obs.pods[i];
+        accepting_set.contains(&i)
+            || (!p.terminating && (roles[i] == Role::Unknown || !p.ready || successor(i)))
+    };
+    let routed = |i: usize| obs.pods[i].routed.unwrap_or_else(|| accepts(i));
+    let routed_against_plan: Vec<String> = (0..obs.pods.len())
+        .filter(|&i| routed(i) && !accepts(i))
+        .map(|i| obs.pods[i].name.clone())
+        .collect();
+    let receiving: Vec<usize> = accepting.iter().copied().filter(|&i| routed(i)).collect();
+    let steering_pending = !routed_against_plan.is_empty() || receiving.is_empty();
+    let room_for_moves = (receiving.len() as u64 * per_pod_room).saturating_sub(in_flight);
 
-    // 6. The budget.
-    let accepting_serving = accepting
+    // 6. The budget: the spare handshakes of the pods that really receive.
+    let accepting_serving = receiving
         .iter()
         .filter(|&&i| roles[i] == Role::Serving)
         .count();
@@ -378,8 +418,8 @@ pub fn plan(spec: &Spec, obs: &Observation, state: &State) -> Plan {
         let r = (obs.pods.len() as u64).min(budget_closes / 2);
         (r, r as usize)
     };
-    let mut left = budget_closes
-        .saturating_sub(reserve)
+    let wanted_closes = budget_closes.saturating_sub(reserve);
+    let mut left = if steering_pending { 0 } else { wanted_closes }
         .min(absorbable.saturating_sub(in_flight))
         .min(room_for_moves);
     let mut closes = vec![0u64; obs.pods.len()];
@@ -408,15 +448,34 @@ pub fn plan(spec: &Spec, obs: &Observation, state: &State) -> Plan {
             .copied()
             .filter(|&i| donors.contains(&obs.pods[i].name))
             .collect();
+        // Closes asked of a donor after its report was taken are not in its count yet.
+        let unreported = |i: usize| -> u64 {
+            let since = reports[i].as_ref().map_or(now, |r| r.at);
+            st.in_flight
+                .iter()
+                .filter(|s| s.at > since)
+                .filter_map(|s| s.by_pod.get(&obs.pods[i].name))
+                .sum()
+        };
         let excess: Vec<u64> = givers
             .iter()
             .map(|&i| {
                 connections(i)
                     .saturating_sub(target[i])
                     .saturating_sub(closes[i])
+                    .saturating_sub(unreported(i))
             })
             .collect();
-        let parts = proportional(left, &excess);
+        // What the pods that receive lack, less what is already on its way to them (restart
+        // drains of this interval included): with no pod below its target to receive, agents
+        // closed by one donor would only land on another and be moved back.
+        let lack: u64 = receiving
+            .iter()
+            .filter(|&&i| !donors.contains(&obs.pods[i].name))
+            .map(|&i| target[i].saturating_sub(connections(i)))
+            .sum::<u64>()
+            .saturating_sub(in_flight + closes.iter().sum::<u64>());
+        let parts = proportional(left.min(lack), &excess);
         for (&i, n) in givers.iter().zip(parts) {
             if n > 0 {
                 closes[i] += n;
@@ -486,6 +545,14 @@ pub fn plan(spec: &Spec, obs: &Observation, state: &State) -> Plan {
         }
     }
     let planned: u64 = closes.iter().sum();
+    let work_left = !draining.is_empty() || moving || st.rehandshake.is_some();
+    if steering_pending && work_left && wanted_closes > 0 {
+        actions.push(Action::Wait {
+            why: Why::SteeringPending {
+                routed_against_plan,
+            },
+        });
+    }
     for (i, p) in obs.pods.iter().enumerate() {
         if closes[i] > 0 {
             actions.push(Action::Drain {
@@ -497,14 +564,10 @@ pub fn plan(spec: &Spec, obs: &Observation, state: &State) -> Plan {
             });
         }
     }
-    let accepting_set: BTreeSet<usize> = accepting.iter().copied().collect();
     let steering_restricted = moving && accepting.len() < serving.len();
     let mut pods = Vec::with_capacity(obs.pods.len());
     for (i, p) in obs.pods.iter().enumerate() {
-        // A pod that is not Ready (a successor starting, a pod coming up) or that the plan
-        // cannot see is left as it is: steering fails readiness, so steering a pod that is
-        // starting would keep it from ever becoming Ready.
-        let accepts = accepting_set.contains(&i) || (!p.terminating && roles[i] == Role::Unknown);
+        let accepts = accepts(i);
         let why = if !accepts {
             Why::NotAccepting
         } else if steering_restricted {
@@ -529,6 +592,13 @@ pub fn plan(spec: &Spec, obs: &Observation, state: &State) -> Plan {
         st.in_flight.push(Spent {
             at: now,
             closes: planned,
+            by_pod: obs
+                .pods
+                .iter()
+                .zip(&closes)
+                .filter(|(_, &n)| n > 0)
+                .map(|(p, &n)| (p.name.clone(), n))
+                .collect(),
         });
     }
     st.last_rate = planned as f64 / t.interval;
@@ -598,7 +668,11 @@ fn rollout(
         .collect();
     for (name, rs) in restarting {
         match by_name.get(name.as_str()).map(|&i| &obs.pods[i]) {
-            Some(p) if p.uid != rs.old_uid && p.ready && !p.terminating => {
+            // Ready and routed to: until the load balancer sends it agents, the pods it
+            // should relieve get them instead.
+            Some(p)
+                if p.uid != rs.old_uid && p.ready && !p.terminating && p.routed != Some(false) =>
+            {
                 r.restarting.remove(&name);
                 r.restarted.insert(name);
             }

@@ -44,6 +44,10 @@ pub struct State {
 pub struct Spent {
     pub at: f64,
     pub closes: u64,
+    /// The same closes by pod, so that a pod whose report predates them is not asked to
+    /// close its excess twice.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_pod: BTreeMap<String, u64>,
 }
 
 /// A rolling restart: which pods are being drained, which restart, which are done.

@@ -30,6 +30,10 @@ pub enum Why {
     BudgetTooLow { needed_per_second: f64, budget: f64 },
     /// A pod has not reported recently; it is neither drained nor counted.
     NoReport { pod: String },
+    /// The load balancer does not follow the plan's steering yet: pods that should take no
+    /// new connections are still routed to, or no pod that should is. Nothing is closed until
+    /// it does, so no agent is sent where it would be refused or moved again.
+    SteeringPending { routed_against_plan: Vec<String> },
     /// Steering: this pod is below its target and takes new connections.
     BelowTarget,
     /// Steering: this pod sheds, restarts or is full, and takes no new connections.
@@ -82,6 +86,19 @@ impl fmt::Display for Why {
                 "the re-handshake window needs {needed_per_second:.0} reconnects/s but the budget is {budget:.0}/s: it will overrun"
             ),
             Why::NoReport { pod } => write!(f, "{pod} has not reported: not planned for"),
+            Why::SteeringPending {
+                routed_against_plan,
+            } if routed_against_plan.is_empty() => write!(
+                f,
+                "waiting for the load balancer to route to the pods that accept"
+            ),
+            Why::SteeringPending {
+                routed_against_plan,
+            } => write!(
+                f,
+                "waiting for the load balancer to stop routing to {}",
+                routed_against_plan.join(", ")
+            ),
             Why::BelowTarget => write!(f, "below its target: accepting"),
             Why::NotAccepting => write!(f, "shedding, restarting or full: not accepting"),
             Why::Default => write!(f, "accepting"),

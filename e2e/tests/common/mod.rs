@@ -314,11 +314,17 @@ pub async fn start(tag: &str, pod_binaries: &[&str]) -> LocalCluster {
         .to_path_buf();
     // `cargo test --workspace` (CI) has built them already; a lone `cargo test -p ballast-e2e`
     // builds them here when missing or older than their sources.
-    let sources_mtime = ["sidecar/src", "fleet/src", "operator/src", "Cargo.lock"]
-        .iter()
-        .map(|p| newest_mtime(&ws.join(p)))
-        .max()
-        .unwrap();
+    let sources_mtime = [
+        "sidecar/src",
+        "fleet/src",
+        "operator/src",
+        "crates",
+        "Cargo.lock",
+    ]
+    .iter()
+    .map(|p| newest_mtime(&ws.join(p)))
+    .max()
+    .unwrap();
     let stale = pod_binaries.iter().any(|b| {
         std::fs::metadata(bin_dir.join(b))
             .and_then(|m| m.modified())

@@ -285,6 +285,7 @@ fn observe(w: &World) -> Observation {
                 ready: p.ready,
                 up_to_date: p.up_to_date,
                 terminating: false,
+                routed: Some(w.routed(i)),
                 report: p.up.then(|| PodReport {
                     at: w.now,
                     connections: p.connections(),

@@ -589,6 +589,19 @@ impl World {
         self.lb_history.push_back((self.now, set));
     }
 
+    /// Whether the load balancer routes new connections to pod `i` now (what it has seen of
+    /// the endpoints, `propagation_seconds` late): what the operator reads from the pod's
+    /// Ready condition.
+    pub fn routed(&self, i: usize) -> bool {
+        let seen = self.now - self.cfg.propagation_seconds;
+        self.lb_history
+            .iter()
+            .take_while(|(since, _)| *since <= seen)
+            .last()
+            .or(self.lb_history.front())
+            .is_some_and(|(_, set)| set.contains(&(i as u16)))
+    }
+
     fn balance(&mut self) -> Option<usize> {
         let seen = self.now - self.cfg.propagation_seconds;
         while self.lb_history.len() > 1 && self.lb_history[1].0 <= seen {

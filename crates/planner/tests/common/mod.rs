@@ -31,6 +31,14 @@ pub struct Model {
     /// Every close instant planned, for the 1 s window check: (time, budget of its plan).
     pub close_times: Vec<(f64, f64)>,
     pub restarts: Vec<String>,
+    /// Steps the load balancer lags behind the plan's steering (0: it follows at once and
+    /// the planner is not told where it routes, as before the planner knew of routing).
+    pub routing_lag: usize,
+    /// Per plan, newest last, the pods it let take connections (a pod not yet Ready cannot
+    /// be steered): the load balancer routes by the one `routing_lag` steps old.
+    pub steered: std::collections::VecDeque<Vec<bool>>,
+    /// Agents that landed on a pod being drained for its restart: each will move again.
+    pub landed_on_draining: u64,
 }
 
 impl Model {
@@ -55,7 +63,22 @@ impl Model {
             state: State::default(),
             close_times: Vec::new(),
             restarts: Vec::new(),
+            routing_lag: 0,
+            steered: std::collections::VecDeque::new(),
+            landed_on_draining: 0,
         }
+    }
+
+    /// Whether the load balancer routes to pod `i` now: Ready, and accepting under the plan
+    /// of `routing_lag` steps ago (every pod before the first plans).
+    pub fn routed(&self, i: usize) -> bool {
+        let lagged = self
+            .steered
+            .len()
+            .checked_sub(self.routing_lag)
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|k| self.steered.get(k));
+        self.pods[i].ready && lagged.is_none_or(|a| a[i])
     }
 
     pub fn total(&self) -> u64 {
@@ -63,6 +86,16 @@ impl Model {
     }
 
     pub fn observe(&self) -> Observation {
+        let mut obs = self.observe_plain();
+        if self.routing_lag > 0 {
+            for (i, p) in obs.pods.iter_mut().enumerate() {
+                p.routed = Some(self.routed(i));
+            }
+        }
+        obs
+    }
+
+    fn observe_plain(&self) -> Observation {
         Observation {
             now: self.now,
             pods: self
@@ -74,6 +107,7 @@ impl Model {
                     ready: p.ready,
                     up_to_date: p.up_to_date,
                     terminating: false,
+                    routed: None,
                     report: p.ready.then_some(PodReport {
                         at: self.now,
                         connections: p.connections,
@@ -93,21 +127,32 @@ impl Model {
     pub fn step(&mut self, spec: &Spec) -> Plan {
         // Agents closed in the previous step come back on pods that accept now.
         let p = plan(spec, &self.observe(), &self.state);
-        let accepting: Vec<usize> = (0..self.pods.len())
-            .filter(|&i| p.pods[i].accepting && self.pods[i].ready)
-            .collect();
-        let landing: Vec<usize> = if accepting.is_empty() {
-            (0..self.pods.len())
-                .filter(|&i| self.pods[i].ready)
-                .collect()
+        let landing: Vec<usize> = if self.routing_lag > 0 {
+            // Where the load balancer routes, whatever the plan steers now; none routed:
+            // the agents retry at the next step.
+            (0..self.pods.len()).filter(|&i| self.routed(i)).collect()
         } else {
-            accepting
+            let accepting: Vec<usize> = (0..self.pods.len())
+                .filter(|&i| p.pods[i].accepting && self.pods[i].ready)
+                .collect();
+            if accepting.is_empty() {
+                (0..self.pods.len())
+                    .filter(|&i| self.pods[i].ready)
+                    .collect()
+            } else {
+                accepting
+            }
         };
         if !landing.is_empty() {
             let n = landing.len() as u64;
             let (each, extra) = (self.reconnecting / n, self.reconnecting % n);
+            let draining = self.state.rollout.as_ref().map(|r| &r.draining);
             for (k, &i) in landing.iter().enumerate() {
-                self.pods[i].connections += each + u64::from((k as u64) < extra);
+                let n = each + u64::from((k as u64) < extra);
+                self.pods[i].connections += n;
+                if draining.is_some_and(|d| d.contains_key(&self.pods[i].name)) {
+                    self.landed_on_draining += n;
+                }
             }
             self.reconnecting = 0;
         }
@@ -153,6 +198,15 @@ impl Model {
                     pod.ready = true;
                 }
             }
+        }
+        // Steering reaches a pod's readiness only once it runs: a pod starting is routed to
+        // as soon as it is Ready, as it would be on Kubernetes.
+        let steered: Vec<bool> = (0..self.pods.len())
+            .map(|i| p.pods[i].accepting || !self.pods[i].ready)
+            .collect();
+        self.steered.push_back(steered);
+        if self.steered.len() > self.routing_lag + 1 {
+            self.steered.pop_front();
         }
         self.state = p.state.clone();
         self.now += spec.tuning.interval;
