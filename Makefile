@@ -1,5 +1,5 @@
 # Everyday commands. `make demo` and `make test` are the two on the README's first screen.
-.PHONY: demo local-demo test soak lint fmt build bench bench-reports bench-sim simulate tools
+.PHONY: demo local-demo test soak lint fmt build bench bench-reports bench-rotations bench-sim simulate tools
 
 demo:            ## the system on a local Kubernetes control plane
 	scripts/demo.sh
@@ -33,6 +33,9 @@ bench:           ## ballast-sidecar vs HAProxy, figures printed
 
 bench-reports:   ## one operator under 1,000 reporting sidecars: RSS, CPU, p99 report → answer
 	scripts/bench-reports.sh
+
+bench-rotations: tools ## a renewal 3 ways (Reloader, plain rolling, Ballast) on 3 pods and 3,000 agents, simulator beside: one table
+	cargo test -p ballast-e2e --test rotations -- --ignored --exact benchmark_restarts_reloader_plain_rolling_and_ballast --nocapture
 
 bench-sim:       ## the simulator at 1,000,000 agents: wall time and peak memory printed
 	scripts/bench-simulator.sh

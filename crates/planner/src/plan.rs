@@ -475,6 +475,10 @@ pub fn plan(spec: &Spec, obs: &Observation, state: &State) -> Plan {
             .map(|&i| target[i].saturating_sub(connections(i)))
             .sum::<u64>()
             .saturating_sub(in_flight + closes.iter().sum::<u64>());
+        // Half of it per interval: counts arrive late on a loaded node, and a loop that
+        // closes the whole gap at once overshoots and swings around the mean; halving the
+        // gap each interval converges, and costs nothing while the budget is the limit.
+        let lack = lack.div_ceil(2);
         let parts = proportional(left.min(lack), &excess);
         for (&i, n) in givers.iter().zip(parts) {
             if n > 0 {
