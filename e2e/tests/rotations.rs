@@ -148,10 +148,8 @@ impl Rig {
         }
     }
 
-    /// Pauses the planner (`ballast.dev/paused`) and waits until every agent is connected,
-    /// before the fleet is stopped: a fleet stopped while rebalancing still moves agents would
-    /// count an agent caught between its close and its reconnect as not connected at the end.
-    async fn settle(&self) {
+    /// Pauses the planner: annotates `edge` with `ballast.dev/paused=true`.
+    fn pause(&self) {
         let (ok, out) = self.lc.run(
             "kubectl",
             &[
@@ -165,6 +163,13 @@ impl Rig {
             ],
         );
         assert!(ok, "{out}");
+    }
+
+    /// Pauses the planner (`ballast.dev/paused`) and waits until every agent is connected,
+    /// before the fleet is stopped: a fleet stopped while rebalancing still moves agents would
+    /// count an agent caught between its close and its reconnect as not connected at the end.
+    async fn settle(&self) {
+        self.pause();
         eventually(
             "every agent connected, the planner paused",
             Duration::from_secs(30),
@@ -381,6 +386,28 @@ impl Seen {
             },
         )
         .await;
+    }
+
+    /// Renews the certificate and samples until the roll is over and the fleet is balanced
+    /// (120 s at most): the pods' uids before, and how long after the renewal each took.
+    async fn renew_roll_and_balance(
+        &mut self,
+        rig: &Rig,
+    ) -> (BTreeMap<String, BTreeSet<String>>, Duration, Duration) {
+        self.sample(rig).await;
+        let before = self.uids.clone();
+        let old_sha = self.status["certificate"]["sha256"].clone();
+        let renewed_at = renew_certificate(&rig.lc).await;
+        self.until_rolled(rig, &before, &old_sha).await;
+        let rolled_in = renewed_at.elapsed();
+        self.until(
+            rig,
+            "balanced within tolerance",
+            Duration::from_secs(120),
+            |rig, _| rig.balanced(3),
+        )
+        .await;
+        (before, rolled_in, renewed_at.elapsed())
     }
 
     /// No pod accepted faster than its handshake limit over any second, none refused for it.
@@ -669,20 +696,7 @@ async fn rolling_restart_renewal_replaces_each_pod_once() {
         watch_kubectl: true,
         ..Seen::default()
     };
-    seen.sample(&rig).await;
-    let before = seen.uids.clone();
-    let old_sha = seen.status["certificate"]["sha256"].clone();
-    let renewed_at = renew_certificate(&rig.lc).await;
-    seen.until_rolled(&rig, &before, &old_sha).await;
-    let rolled_in = renewed_at.elapsed();
-    seen.until(
-        &rig,
-        "balanced within tolerance",
-        Duration::from_secs(120),
-        |rig, _| rig.balanced(3),
-    )
-    .await;
-    let balanced_in = renewed_at.elapsed();
+    let (before, rolled_in, balanced_in) = seen.renew_roll_and_balance(&rig).await;
     let summary = {
         rig.settle().await;
         rig.fleet.stop().await
@@ -1109,18 +1123,7 @@ enum Restart {
 async fn without_the_planner(tag: &str, name: &'static str, how: Restart) -> Row {
     let _one = ONE_AT_A_TIME.lock().await;
     let rig = rig(tag, 1, ROLLING).await;
-    let (ok, out) = rig.lc.run(
-        "kubectl",
-        &[
-            "annotate",
-            "prc",
-            "edge",
-            "-n",
-            NS,
-            "ballast.dev/paused=true",
-        ],
-    );
-    assert!(ok, "{out}");
+    rig.pause();
     let mut seen = Seen::default();
     seen.sample(&rig).await;
     let before = seen.uids.clone();
@@ -1207,19 +1210,8 @@ async fn benchmark_restarts_reloader_plain_rolling_and_ballast() {
         let _one = ONE_AT_A_TIME.lock().await;
         let rig = rig("bench-ballast", 1, ROLLING).await;
         let mut seen = Seen::default();
-        seen.sample(&rig).await;
-        let before = seen.uids.clone();
-        let old_sha = seen.status["certificate"]["sha256"].clone();
-        let renewed_at = renew_certificate(&rig.lc).await;
-        seen.until_rolled(&rig, &before, &old_sha).await;
-        seen.until(
-            &rig,
-            "balanced within tolerance",
-            Duration::from_secs(120),
-            |rig, _| rig.balanced(3),
-        )
-        .await;
-        let balanced = renewed_at.elapsed().as_secs_f64();
+        let (_, _, balanced) = seen.renew_roll_and_balance(&rig).await;
+        let balanced = balanced.as_secs_f64();
         let summary = {
             rig.settle().await;
             rig.fleet.stop().await
