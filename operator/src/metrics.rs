@@ -22,6 +22,13 @@ struct ClusterLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WaitLabels {
+    namespace: String,
+    name: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabel {
     error: &'static str,
 }
@@ -55,6 +62,7 @@ pub struct Metrics {
     planned_closes: Family<ClusterLabels, Counter>,
     unplanned_closes: Family<ClusterLabels, Counter>,
     budget: Family<ClusterLabels, Gauge>,
+    plan_waits: Family<WaitLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -85,6 +93,7 @@ impl Metrics {
             planned_closes: Family::default(),
             unplanned_closes: Family::default(),
             budget: Family::default(),
+            plan_waits: Family::default(),
         };
         registry.register("reconciles", "Reconciles run", m.reconciles.clone());
         registry.register(
@@ -142,6 +151,11 @@ impl Metrics {
             "Time from a report's arrival to its answer",
             m.report_seconds.clone(),
         );
+        registry.register(
+            "plan_waits",
+            "Plans (one per report interval) that held something back, by reason (noReport, steeringPending, noHeadroom, waitingForSuccessor, atMaxUnavailable, budgetTooLow, paused): how long a rotation or rebalance waited, and on what",
+            m.plan_waits.clone(),
+        );
         root.register(
             "ballast_migration_active",
             "1 from a migration's first planned close until its last moved agent is back: hold offline alerts",
@@ -196,6 +210,19 @@ impl Metrics {
         self.unplanned_closes
             .get_or_create(&labels)
             .inc_by(unplanned);
+    }
+
+    /// Counts one plan's waits (each reason once).
+    pub fn plan_waited(&self, namespace: &str, name: &str, reasons: &[&'static str]) {
+        for &reason in reasons {
+            self.plan_waits
+                .get_or_create(&WaitLabels {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    reason,
+                })
+                .inc();
+        }
     }
 
     pub fn error(&self, label: &'static str) {
@@ -266,6 +293,13 @@ impl Metrics {
         self.planned_closes.remove(&labels);
         self.unplanned_closes.remove(&labels);
         self.budget.remove(&labels);
+        for reason in ballast_planner::Why::WAIT_KINDS {
+            self.plan_waits.remove(&WaitLabels {
+                namespace: namespace.into(),
+                name: name.into(),
+                reason,
+            });
+        }
     }
 
     pub fn encode(&self) -> String {
@@ -273,5 +307,26 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_waits_are_counted_by_reason_and_forgotten_with_their_cluster() {
+        let m = Metrics::new();
+        m.plan_waited("presence", "edge", &["noReport", "steeringPending"]);
+        m.plan_waited("presence", "edge", &["noReport"]);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "ballast_operator_plan_waits_total{namespace=\"presence\",name=\"edge\",reason=\"noReport\"} 2"
+            ),
+            "{text}"
+        );
+        m.forget("presence", "edge");
+        assert!(!m.encode().contains("reason=\"noReport\""));
     }
 }

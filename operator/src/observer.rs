@@ -296,11 +296,14 @@ impl Observer {
         });
         mem.plans += 1;
         let spec = planning::spec_of(prc, self.interval.as_secs_f64());
-        let (mut plan, mut carried) = planning::step(
-            &spec,
-            &planning::observation_of(wall, &inputs),
-            &state,
-            mem.plans,
+        let observation = planning::observation_of(wall, &inputs);
+        let (mut plan, mut carried) = planning::step(&spec, &observation, &state, mem.plans);
+        tracing::debug!(
+            target: "ballast_operator::plan",
+            namespace = ns,
+            name,
+            "{}",
+            plan.trace(&observation)
         );
         let paused = prc
             .annotations()
@@ -315,6 +318,14 @@ impl Observer {
                 ..planning::Carried::default()
             };
         }
+        let mut reasons: Vec<&'static str> = if paused {
+            vec![ballast_planner::Why::Paused.kind()]
+        } else {
+            plan.waits().map(ballast_planner::Why::kind).collect()
+        };
+        reasons.sort_unstable();
+        reasons.dedup();
+        self.metrics.plan_waited(ns, name, &reasons);
         let mut planned = carried.wanted;
         planning::merge(&mut planned, asked);
         let uids: HashMap<String, Option<String>> = pods

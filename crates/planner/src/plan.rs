@@ -93,6 +93,54 @@ impl Plan {
             _ => None,
         })
     }
+
+    /// One line a person can follow a rotation by, plan after plan: the budget, the closes,
+    /// what is in flight, and per pod whether it accepts (`+`/`-`), is routed to (`>`, when
+    /// known), not Ready (`!`), not on the current revision (`~`), its reported connections,
+    /// its target and its closes. The operator logs it at
+    /// debug level and the simulator prints it with `BALLAST_SIM_TRACE`, so a real roll and a
+    /// simulated one read alike.
+    pub fn trace(&self, obs: &Observation) -> String {
+        let pods: Vec<String> = self
+            .pods
+            .iter()
+            .zip(&obs.pods)
+            .map(|(p, o)| {
+                let held = o
+                    .report
+                    .as_ref()
+                    .map_or("?".to_owned(), |r| r.connections.to_string());
+                format!(
+                    "{}{}{}{}{} {held}/{} -{}",
+                    if p.accepting { '+' } else { '-' },
+                    match o.routed {
+                        Some(true) => ">",
+                        Some(false) => " ",
+                        None => "",
+                    },
+                    p.name,
+                    if o.ready { "" } else { "!" },
+                    if o.up_to_date { "" } else { "~" },
+                    p.target,
+                    p.closes,
+                )
+            })
+            .collect();
+        let waits: Vec<String> = self.waits().map(ToString::to_string).collect();
+        format!(
+            "budget {:.0}/{:.0}/s closes {} in flight {} [{}]{}",
+            self.budget,
+            self.budget_ceiling,
+            self.closes,
+            self.in_flight,
+            pods.join(", "),
+            if waits.is_empty() {
+                String::new()
+            } else {
+                format!(" waits: {}", waits.join("; "))
+            }
+        )
+    }
 }
 
 /// What a pod is doing, as far as the plan is concerned.
@@ -442,7 +490,14 @@ pub fn plan(spec: &Spec, obs: &Observation, state: &State) -> Plan {
     // 7b. Rebalancing: donors shed their excess over target, no more than receivers lack. It
     // comes before re-handshakes: a donor closes its older connections first, so its closes
     // serve both, and a rebalance that is almost done ends instead of holding steering.
-    if !donors.is_empty() {
+    // Not while a Ready pod that the load balancer routes to has no fresh report: it takes
+    // agents the plan cannot see, and the targets, shared out over the pods that report,
+    // would drain the donors below their real share (its `NoReport` wait says why).
+    let unseen_routed = (0..obs.pods.len()).any(|i| {
+        let p = &obs.pods[i];
+        p.ready && !p.terminating && reports[i].is_none() && routed(i)
+    });
+    if !donors.is_empty() && !unseen_routed {
         let givers: Vec<usize> = serving
             .iter()
             .copied()

@@ -45,6 +45,42 @@ pub enum Why {
     Paused,
 }
 
+impl Why {
+    /// The kinds a plan can wait for (the `kind` of [`Why::kind`]), for a metric's labels.
+    pub const WAIT_KINDS: [&'static str; 7] = [
+        "noHeadroom",
+        "waitingForSuccessor",
+        "atMaxUnavailable",
+        "budgetTooLow",
+        "noReport",
+        "steeringPending",
+        "paused",
+    ];
+
+    /// The reason's kind, as it is serialized (`kind`): a short stable name for metrics and
+    /// condition reasons, without the figures.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Why::Rebalance { .. } => "rebalance",
+            Why::DrainForRestart { .. } => "drainForRestart",
+            Why::Rehandshake { .. } => "rehandshake",
+            Why::RestartDrained => "restartDrained",
+            Why::RestartAfterTimeout { .. } => "restartAfterTimeout",
+            Why::RestartUnready => "restartUnready",
+            Why::NoHeadroom { .. } => "noHeadroom",
+            Why::WaitingForSuccessor { .. } => "waitingForSuccessor",
+            Why::AtMaxUnavailable { .. } => "atMaxUnavailable",
+            Why::BudgetTooLow { .. } => "budgetTooLow",
+            Why::NoReport { .. } => "noReport",
+            Why::SteeringPending { .. } => "steeringPending",
+            Why::BelowTarget => "belowTarget",
+            Why::NotAccepting => "notAccepting",
+            Why::Default => "default",
+            Why::Paused => "paused",
+        }
+    }
+}
+
 impl fmt::Display for Why {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

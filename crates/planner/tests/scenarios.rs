@@ -286,6 +286,36 @@ fn a_pod_without_a_report_is_neither_drained_nor_steered() {
 }
 
 #[test]
+fn a_routed_pod_that_stopped_reporting_holds_rebalancing() {
+    // gw-0 and gw-1 report 3,000 and 0; gw-2 is Ready and routed but its reports stopped:
+    // shared over the two that report, gw-0 would be drained to 1,500, far below its real
+    // share of a total that includes gw-2's unseen agents.
+    let m = Model::new(&[3_000, 0, 3_000]);
+    let mut obs = m.observe();
+    obs.pods[2].report = None;
+    obs.pods[2].routed = Some(true);
+    let p = plan(&spec(), &obs, &State::default());
+    assert_eq!(p.closes, 0, "{:?}", p.actions);
+    assert!(p
+        .waits()
+        .any(|w| matches!(w, Why::NoReport { pod } if pod == "gw-2")));
+    // A person steered it away (it is not routed to): the others may rebalance.
+    obs.pods[2].routed = Some(false);
+    let p = plan(&spec(), &obs, &p.state);
+    let mut state = p.state;
+    let mut closes = p.closes;
+    for _ in 0..5 {
+        let p = plan(&spec(), &obs, &state);
+        closes += p.closes;
+        state = p.state;
+    }
+    assert!(
+        closes > 0,
+        "nothing unseen takes agents: gw-0 gives to gw-1"
+    );
+}
+
+#[test]
 fn rebalancing_off_moves_nothing() {
     let mut s = spec();
     s.rebalance = false;
@@ -305,4 +335,51 @@ fn reasons_read_as_sentences() {
         w.to_string(),
         "holds 1200 connections against a target of 1000: shedding the excess"
     );
+}
+
+#[test]
+fn a_reasons_kind_is_its_serialized_tag() {
+    let all = [
+        Why::Rebalance {
+            connections: 1,
+            target: 1,
+        },
+        Why::DrainForRestart { connections: 1 },
+        Why::Rehandshake {
+            older: 1,
+            seconds_left: 1.0,
+        },
+        Why::RestartDrained,
+        Why::RestartAfterTimeout { remaining: 1 },
+        Why::RestartUnready,
+        Why::NoHeadroom {
+            pod: "a".into(),
+            needed: 1,
+            room: 0,
+        },
+        Why::WaitingForSuccessor {
+            pod: "a".into(),
+            seconds: 1.0,
+        },
+        Why::AtMaxUnavailable { restarting: 1 },
+        Why::BudgetTooLow {
+            needed_per_second: 2.0,
+            budget: 1.0,
+        },
+        Why::NoReport { pod: "a".into() },
+        Why::SteeringPending {
+            routed_against_plan: vec![],
+        },
+        Why::BelowTarget,
+        Why::NotAccepting,
+        Why::Default,
+        Why::Paused,
+    ];
+    for w in &all {
+        let tagged = serde_json::to_value(w).unwrap();
+        assert_eq!(tagged["kind"], w.kind(), "{w:?}");
+    }
+    for kind in Why::WAIT_KINDS {
+        assert!(all.iter().any(|w| w.kind() == kind), "{kind} is a kind");
+    }
 }

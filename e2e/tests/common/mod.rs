@@ -489,6 +489,14 @@ pub fn install_operator(lc: &LocalCluster, replicas: usize) {
     ];
     let report = lc.report_values();
     args.extend(report.iter().map(String::as_str));
+    // `BALLAST_E2E_OPERATOR_LOG=info,ballast_operator::plan=debug` logs every plan's trace
+    // line in the operator's log (printed when a test fails).
+    let level = std::env::var("BALLAST_E2E_OPERATOR_LOG")
+        .map(|l| format!("logLevel={}", l.replace(',', "\\,")))
+        .ok();
+    if let Some(level) = &level {
+        args.extend(["--set", level.as_str()]);
+    }
     let (ok, out) = lc.run("helm", &args);
     assert!(ok, "helm install failed:\n{out}");
 }

@@ -195,27 +195,7 @@ impl Controller {
         let plan = ballast_planner::plan(spec, &obs, state);
         *state = plan.state.clone();
         if std::env::var_os("BALLAST_SIM_TRACE").is_some() {
-            let waits: Vec<String> = plan.waits().map(|w| w.to_string()).collect();
-            eprintln!(
-                "t={:.0} budget={:.0}/{:.0} closes={} in_flight={} pods={:?} waits={:?}",
-                w.now,
-                plan.budget,
-                plan.budget_ceiling,
-                plan.closes,
-                plan.in_flight,
-                plan.pods
-                    .iter()
-                    .zip(&w.pods)
-                    .map(|(p, wp)| format!(
-                        "{}{}{}:{}",
-                        if p.accepting { "+" } else { "-" },
-                        if wp.ready { "" } else { "!" },
-                        if wp.up_to_date { "" } else { "~" },
-                        wp.connections()
-                    ))
-                    .collect::<Vec<_>>(),
-                waits
-            );
+            eprintln!("t={:.0} {}", w.now, plan.trace(&obs));
         }
         self.budget = plan.budget;
         self.ceiling = self.ceiling.max(plan.budget_ceiling);
