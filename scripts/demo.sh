@@ -63,8 +63,22 @@ helm install ballast charts/ballast -n ballast-system --create-namespace \
 kubectl -n ballast-system get deploy ballast
 
 say "kubectl apply -f examples/ (cert-manager CA, Certificate agents-tls, PresenceCluster edge)…"
-kubectl apply -f examples/namespace.yaml -f examples/issuer.yaml -f examples/certificate.yaml >/dev/null
-kubectl -n presence wait --for=condition=Ready certificate/agents-tls --timeout=60s >/dev/null
+# In the order cert-manager can issue them, each waited for: the CA (its Secret), the Issuer
+# that signs with it, then the gateways' certificate.
+cm_wait() {
+  kubectl -n presence wait --for=condition=Ready "$1" --timeout=90s >/dev/null || {
+    kubectl -n presence describe "$1" >&2
+    echo "--- cert-manager's log:" >&2
+    tail -n 40 "$BALLAST_E2E_DIR/logs/cert-manager.log" >&2 || true
+    exit 1
+  }
+}
+kubectl apply -f examples/namespace.yaml -f examples/ca.yaml >/dev/null
+cm_wait certificate/presence-ca
+kubectl apply -f examples/issuer.yaml >/dev/null
+cm_wait issuer/presence-ca
+kubectl apply -f examples/certificate.yaml >/dev/null
+cm_wait certificate/agents-tls
 kubectl apply -f examples/presencecluster.yaml >/dev/null
 kubectl -n presence wait --for=condition=Ready prc/edge --timeout=120s >/dev/null
 kubectl -n presence get prc,pods -o wide

@@ -6,6 +6,9 @@ need=()
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3)
+# The process kubelet runs non-root containers through setpriv, and mounts through unshare.
+command -v setpriv >/dev/null || need+=(util-linux)
+command -v unshare >/dev/null || need+=(util-linux)
 if [ "${1:-}" = "--bench" ]; then
   command -v haproxy >/dev/null || need+=(haproxy)
 fi
@@ -15,4 +18,4 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-echo "[tools] ok: openssl curl python3${1:+ haproxy}" >&2
+echo "[tools] ok: openssl curl python3 setpriv unshare${1:+ haproxy}" >&2

@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use crate::env;
 use crate::images::ImageTable;
 use crate::probes::{self, ProbeTask};
-use crate::processes::{self, Launch, Mount, Process};
+use crate::processes::{self, Launch, Mount, Process, RunAs};
 use crate::volumes::PodVolumes;
 
 /// What the kubelet wants of a pod worker.
@@ -539,6 +539,7 @@ impl Worker {
             mounts,
             working_dir: spec.working_dir.clone(),
             log,
+            run_as: run_as(pod, spec).map_err(config_err)?,
         };
         let process =
             Process::spawn(&launch).map_err(|e| ("RunContainerError".to_owned(), e.to_string()))?;
@@ -861,5 +862,112 @@ async fn pre_stop(
         tracing::info!(container = %container.name, result = ?r, "preStop: httpGet");
     } else {
         tracing::warn!(container = %container.name, "preStop: only sleep and httpGet are supported; skipped");
+    }
+}
+
+/// Who a container runs as: `runAsUser`/`runAsGroup` (the container's over the pod's), with
+/// the pod's `fsGroup` and `supplementalGroups`. None runs it as root, as an image without a
+/// USER would; `runAsNonRoot` then refuses to start it, as a kubelet does.
+fn run_as(pod: &Pod, c: &Container) -> std::result::Result<Option<RunAs>, String> {
+    let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let c_sc = c.security_context.as_ref();
+    let uid = c_sc
+        .and_then(|s| s.run_as_user)
+        .or(pod_sc.and_then(|s| s.run_as_user));
+    let non_root = c_sc
+        .and_then(|s| s.run_as_non_root)
+        .or(pod_sc.and_then(|s| s.run_as_non_root))
+        .unwrap_or(false);
+    let Some(uid) = uid.filter(|&u| u != 0) else {
+        return if non_root {
+            Err(format!(
+                "container {:?} has runAsNonRoot and would run as root (set runAsUser)",
+                c.name
+            ))
+        } else {
+            Ok(None)
+        };
+    };
+    let gid = c_sc
+        .and_then(|s| s.run_as_group)
+        .or(pod_sc.and_then(|s| s.run_as_group))
+        .unwrap_or(0);
+    let mut groups: Vec<u32> = pod_sc
+        .and_then(|s| s.fs_group)
+        .into_iter()
+        .chain(
+            pod_sc
+                .and_then(|s| s.supplemental_groups.clone())
+                .into_iter()
+                .flatten(),
+        )
+        .map(|g| g as u32)
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    Ok(Some(RunAs {
+        uid: uid as u32,
+        gid: gid as u32,
+        groups,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodSecurityContext, PodSpec, SecurityContext};
+
+    fn pod(sc: PodSecurityContext) -> Pod {
+        Pod {
+            spec: Some(PodSpec {
+                security_context: Some(sc),
+                ..PodSpec::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn a_container_runs_as_its_user_with_the_pods_fs_group() {
+        let p = pod(PodSecurityContext {
+            run_as_user: Some(1000),
+            fs_group: Some(2000),
+            supplemental_groups: Some(vec![3000, 2000]),
+            ..PodSecurityContext::default()
+        });
+        let sidecar = Container {
+            name: "ballast-sidecar".into(),
+            security_context: Some(SecurityContext {
+                run_as_user: Some(65532),
+                run_as_group: Some(65532),
+                ..SecurityContext::default()
+            }),
+            ..Container::default()
+        };
+        assert_eq!(
+            run_as(&p, &sidecar).unwrap(),
+            Some(RunAs {
+                uid: 65532,
+                gid: 65532,
+                groups: vec![2000, 3000],
+            })
+        );
+        let plain = Container {
+            name: "gateway".into(),
+            ..Container::default()
+        };
+        assert_eq!(run_as(&p, &plain).unwrap().unwrap().uid, 1000);
+        assert_eq!(run_as(&p, &plain).unwrap().unwrap().gid, 0);
+        assert_eq!(
+            run_as(&pod(PodSecurityContext::default()), &plain).unwrap(),
+            None
+        );
+        let refused = pod(PodSecurityContext {
+            run_as_non_root: Some(true),
+            ..PodSecurityContext::default()
+        });
+        assert!(run_as(&refused, &plain)
+            .unwrap_err()
+            .contains("runAsNonRoot"));
     }
 }

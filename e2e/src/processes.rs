@@ -7,6 +7,12 @@
 //! created on the host beforehand (an empty directory is all the host ever sees); the
 //! mount namespace, and with it every bind mount, dies with the process.
 //!
+//! A container with a `runAsUser` runs as that user: the program is started through
+//! `setpriv --reuid U --regid G --groups …` (after the mounts, which need root), with the group
+//! `runAsGroup` (0 when unset, as a container runtime does) and the pod's `fsGroup` and
+//! `supplementalGroups` as its other groups. Files a non-root container cannot read on a real
+//! node it cannot read here either.
+//!
 //! Each process gets its own process group (a Ctrl-C on the kubelet's terminal does not reach
 //! pods; the kubelet stops them itself), stdout and stderr appended to the container's log,
 //! and `kill_on_drop` as a last-resort guard: if the kubelet itself panics, its children are
@@ -31,6 +37,34 @@ pub struct Mount {
     pub read_only: bool,
 }
 
+/// Who a container process runs as (none: root, the kubelet's own user).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups: the pod's `fsGroup` and `supplementalGroups`.
+    pub groups: Vec<u32>,
+}
+
+impl RunAs {
+    /// `setpriv` and its arguments, to put before the program.
+    fn setpriv(&self) -> Vec<String> {
+        let groups = if self.groups.is_empty() {
+            "--clear-groups".to_owned()
+        } else {
+            let list: Vec<String> = self.groups.iter().map(u32::to_string).collect();
+            format!("--groups={}", list.join(","))
+        };
+        vec![
+            "setpriv".into(),
+            format!("--reuid={}", self.uid),
+            format!("--regid={}", self.gid),
+            groups,
+            "--".into(),
+        ]
+    }
+}
+
 /// Everything needed to start one container process.
 #[derive(Clone, Debug)]
 pub struct Launch {
@@ -40,6 +74,7 @@ pub struct Launch {
     pub mounts: Vec<Mount>,
     pub working_dir: Option<String>,
     pub log: PathBuf,
+    pub run_as: Option<RunAs>,
 }
 
 /// How a process ended.
@@ -100,17 +135,23 @@ impl Process {
             .map_err(io(format!("opening {:?}", launch.log)))?;
         let log_err = log.try_clone().map_err(io("duplicating log fd"))?;
 
+        // The program and its arguments, behind `setpriv` when it runs as another user.
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(run_as) = &launch.run_as {
+            argv.extend(run_as.setpriv().into_iter().map(Into::into));
+        }
+        argv.push(launch.program.clone().into());
+        argv.extend(launch.args.iter().map(Into::into));
         let mut cmd = if launch.mounts.is_empty() && launch.working_dir.is_none() {
-            let mut c = tokio::process::Command::new(&launch.program);
-            c.args(&launch.args);
+            let mut c = tokio::process::Command::new(&argv[0]);
+            c.args(&argv[1..]);
             c
         } else {
             let mut c = tokio::process::Command::new("unshare");
             c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
                 .arg(mount_script(&launch.mounts, launch.working_dir.as_deref()))
                 .arg("sh")
-                .arg(&launch.program)
-                .args(&launch.args);
+                .args(&argv);
             c
         };
         cmd.env_clear()
@@ -261,6 +302,7 @@ mod tests {
             env: vec![],
             mounts: vec![],
             working_dir: None,
+            run_as: None,
             log: dir.join("c.log"),
         };
         let p = Process::spawn(&launch).unwrap();
@@ -273,6 +315,48 @@ mod tests {
         assert!(std::fs::read_to_string(dir.join("c.log"))
             .unwrap()
             .contains("started"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A container with `runAsUser` cannot read a 0440 root-owned file, unless the file's
+    /// group is one of its groups (the pod's fsGroup): what a real node does.
+    #[tokio::test]
+    async fn a_non_root_container_reads_group_files_only_through_its_groups() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("ballast-e2e-runas-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let secret = dir.join("tls.key");
+        std::fs::write(&secret, "key\n").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o440)).unwrap();
+        let run = |groups: Vec<u32>, log: &str| Launch {
+            program: "/bin/sh".into(),
+            args: vec![
+                "-c".into(),
+                format!("id -u; id -G; cat {}", secret.display()),
+            ],
+            env: vec![],
+            mounts: vec![],
+            working_dir: None,
+            run_as: Some(RunAs {
+                uid: 65532,
+                gid: 65532,
+                groups,
+            }),
+            log: dir.join(log),
+        };
+        let p = Process::spawn(&run(vec![], "no-group.log")).unwrap();
+        let exit = p.wait(Duration::from_secs(10)).await.expect("exits");
+        let out = std::fs::read_to_string(dir.join("no-group.log")).unwrap();
+        assert_ne!(exit.code, 0, "read a root-only file as 65532: {out}");
+        assert!(out.starts_with("65532\n65532\n"), "{out}");
+
+        std::os::unix::fs::chown(&secret, Some(0), Some(4242)).unwrap();
+        let p = Process::spawn(&run(vec![4242], "fs-group.log")).unwrap();
+        let exit = p.wait(Duration::from_secs(10)).await.expect("exits");
+        let out = std::fs::read_to_string(dir.join("fs-group.log")).unwrap();
+        assert_eq!(exit.code, 0, "{out}");
+        assert!(out.contains("65532 4242") && out.contains("key"), "{out}");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -475,6 +475,7 @@ async fn mint_tokens(
             sha256: cert.fingerprint(),
             not_after,
             generation: 1,
+            ..Default::default()
         },
         max_connections: 10_000,
         max_handshakes_per_second: 500,

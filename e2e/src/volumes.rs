@@ -35,7 +35,26 @@ const DATA_TMP: &str = "..data_tmp";
 
 /// Writes `files` into `dir` atomically (see the module docs). Returns whether anything
 /// changed; identical content leaves the directory untouched.
-pub fn write_atomically(dir: &Path, files: &Files) -> Result<bool> {
+///
+/// Ownership as a kubelet sets it: root's, and with the pod's `fsGroup` the files and
+/// directories belong to that group and every file is group-readable (mode | 0440, these
+/// volumes being read-only). Without one, a 0440 file is root's alone.
+pub fn write_atomically(dir: &Path, files: &Files, fs_group: Option<u32>) -> Result<bool> {
+    let with_group: Files;
+    let files = match fs_group {
+        None => files,
+        Some(_) => {
+            with_group = files
+                .iter()
+                .map(|(k, (content, mode))| (k.clone(), (content.clone(), mode | 0o440)))
+                .collect();
+            &with_group
+        }
+    };
+    let own = |path: &Path| -> Result<()> {
+        std::os::unix::fs::chown(path, Some(0), Some(fs_group.unwrap_or(0)))
+            .map_err(io(format!("chown {path:?}")))
+    };
     std::fs::create_dir_all(dir).map_err(io(format!("creating {dir:?}")))?;
     let data_link = dir.join(DATA);
     let old = std::fs::read_link(&data_link).ok();
@@ -51,14 +70,17 @@ pub fn write_atomically(dir: &Path, files: &Files) -> Result<bool> {
     }
     let new_dir = dir.join(&name);
     std::fs::create_dir(&new_dir).map_err(io(format!("creating {new_dir:?}")))?;
+    own(&new_dir)?;
     for (path, (content, mode)) in files {
         let file = new_dir.join(path);
         if let Some(parent) = file.parent() {
             std::fs::create_dir_all(parent).map_err(io(format!("creating {parent:?}")))?;
+            own(parent)?;
         }
         std::fs::write(&file, content).map_err(io(format!("writing {file:?}")))?;
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(*mode))
             .map_err(io(format!("chmod {file:?}")))?;
+        own(&file)?;
     }
     let tmp = dir.join(DATA_TMP);
     let _ = std::fs::remove_file(&tmp);
@@ -138,6 +160,8 @@ struct CachedToken {
 #[derive(Debug)]
 pub struct PodVolumes {
     volumes: Vec<VolumeState>,
+    /// The pod's `fsGroup`: the group its volumes' files belong to.
+    fs_group: Option<u32>,
 }
 
 impl PodVolumes {
@@ -153,7 +177,12 @@ impl PodVolumes {
                 tokens: BTreeMap::new(),
             })
             .collect();
-        PodVolumes { volumes }
+        let fs_group = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.security_context.as_ref()?.fs_group)
+            .map(|g| g as u32);
+        PodVolumes { volumes, fs_group }
     }
 
     /// Host directory of volume `name`, to bind-mount at a container's `mountPath`.
@@ -182,13 +211,16 @@ impl PodVolumes {
             if volume.spec.empty_dir.is_some() {
                 std::fs::create_dir_all(&volume.dir)
                     .map_err(io(format!("creating {:?}", volume.dir)))?;
+                // Writable by any container user, as a kubelet makes it.
+                std::fs::set_permissions(&volume.dir, std::fs::Permissions::from_mode(0o777))
+                    .map_err(io(format!("chmod {:?}", volume.dir)))?;
                 continue;
             }
             let files = volume
                 .compute(client, pod, pod_ip)
                 .await
                 .map_err(|e| Error::Invalid(format!("volume {name:?}: {e}")))?;
-            if write_atomically(&volume.dir, &files)? {
+            if write_atomically(&volume.dir, &files, self.fs_group)? {
                 changed.push(name);
             }
         }
@@ -420,7 +452,9 @@ mod tests {
     fn atomic_writer_swaps_data_and_cleans_up() {
         let dir = std::env::temp_dir().join(format!("ballast-e2e-volume-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        assert!(write_atomically(&dir, &files(&[("tls.crt", "A"), ("tls.key", "a")])).unwrap());
+        assert!(
+            write_atomically(&dir, &files(&[("tls.crt", "A"), ("tls.key", "a")]), None).unwrap()
+        );
         let first = std::fs::read_link(dir.join("..data")).unwrap();
         assert!(first.to_string_lossy().starts_with("..20"), "{first:?}");
         assert_eq!(
@@ -429,16 +463,38 @@ mod tests {
         );
         assert_eq!(std::fs::read_to_string(dir.join("tls.crt")).unwrap(), "A");
         // Same content: nothing written.
-        assert!(!write_atomically(&dir, &files(&[("tls.crt", "A"), ("tls.key", "a")])).unwrap());
+        assert!(
+            !write_atomically(&dir, &files(&[("tls.crt", "A"), ("tls.key", "a")]), None).unwrap()
+        );
         assert_eq!(std::fs::read_link(dir.join("..data")).unwrap(), first);
         // Change: new dir, old one gone, removed key's symlink gone.
-        assert!(write_atomically(&dir, &files(&[("tls.crt", "B")])).unwrap());
+        assert!(write_atomically(&dir, &files(&[("tls.crt", "B")]), None).unwrap());
         let second = std::fs::read_link(dir.join("..data")).unwrap();
         assert_ne!(first, second);
         assert!(!dir.join(&first).exists());
         assert!(!dir.join(DATA_TMP).exists());
         assert_eq!(std::fs::read_to_string(dir.join("tls.crt")).unwrap(), "B");
         assert!(std::fs::symlink_metadata(dir.join("tls.key")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn with_an_fs_group_files_belong_to_it_and_are_group_readable() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("ballast-e2e-fsgroup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let secret: Files = [("tls.key".to_owned(), (b"k".to_vec(), 0o400))].into();
+        assert!(write_atomically(&dir, &secret, Some(4242)).unwrap());
+        let meta = std::fs::metadata(dir.join("tls.key")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (0, 4242));
+        assert_eq!(meta.mode() & 0o777, 0o440);
+        // The group-readable mode is what was written: the next sync changes nothing.
+        assert!(!write_atomically(&dir, &secret, Some(4242)).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Without one: root's alone.
+        assert!(write_atomically(&dir, &secret, None).unwrap());
+        let meta = std::fs::metadata(dir.join("tls.key")).unwrap();
+        assert_eq!((meta.gid(), meta.mode() & 0o777), (0, 0o400));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

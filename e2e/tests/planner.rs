@@ -36,7 +36,30 @@ async fn scale_up_rebalances_within_the_budget() {
         &["ballast-sidecar", "ballast-fleet", "ballast-operator"],
     )
     .await;
-    install_operator(&lc, 1);
+    // Confined to the examples' namespace: the chart grants Roles there, not cluster-wide, and
+    // everything below (reports, planning, steering, status) must work with them alone.
+    // (The namespace exists first: the chart puts its Role there.)
+    let (ok, out) = apply(&lc, "namespace.yaml", &example("namespace.yaml"));
+    assert!(ok, "{out}");
+    install_operator_with(&lc, 1, &["--set", &format!("watchNamespace={NS}")]);
+    let sa = "system:serviceaccount:ballast-system:ballast";
+    for (verb, resource, ns, allowed) in [
+        ("list", "statefulsets.apps", NS, true),
+        ("list", "statefulsets.apps", "default", false),
+        ("get", "secrets", NS, true),
+        ("get", "secrets", "default", false),
+        ("create", "tokenreviews.authentication.k8s.io", NS, true),
+    ] {
+        let (_, out) = lc.run(
+            "kubectl",
+            &["auth", "can-i", verb, resource, "-n", ns, "--as", sa],
+        );
+        assert_eq!(
+            out.trim().starts_with("yes"),
+            allowed,
+            "can-i {verb} {resource} -n {ns}: {out}"
+        );
+    }
     let ca_pem = apply_examples(&lc).await;
     let edge = example("presencecluster.yaml")
         .replace("drainTimeout: 30s", "drainTimeout: 5s")

@@ -96,6 +96,29 @@ struct Config {
     log_format: String,
 }
 
+/// Every request (get, apply, patch, evict, TokenReview, Lease) must be answered within this:
+/// a half-open connection to the API server fails the call, and the loop that made it tries
+/// again, instead of stalling a reconcile or the planning loop for good.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Two clients from the same configuration: one for requests, with [`REQUEST_TIMEOUT`], and
+/// one for watches, which the API server holds open for minutes by design (kube's default
+/// read timeout covers a watch's `timeoutSeconds`).
+async fn clients() -> Result<(Client, Client), kube::Error> {
+    let base = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    let mut requests = base.clone();
+    requests.connect_timeout = Some(CONNECT_TIMEOUT);
+    requests.read_timeout = Some(REQUEST_TIMEOUT);
+    requests.write_timeout = Some(REQUEST_TIMEOUT);
+    let mut watches = base;
+    watches.connect_timeout = Some(CONNECT_TIMEOUT);
+    watches.write_timeout = Some(REQUEST_TIMEOUT);
+    Ok((Client::try_from(requests)?, Client::try_from(watches)?))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
@@ -110,7 +133,7 @@ async fn main() -> anyhow::Result<()> {
         ready.clone(),
     ));
 
-    let client = Client::try_default()
+    let (client, watches) = clients()
         .await
         .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
     let version = client
@@ -121,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
     ready.store(true, Ordering::Relaxed);
 
     let hub = Arc::new(Hub::new(config.directive_lifetime));
-    let caches = caches(&client, &config);
+    let caches = caches(&watches, &config);
     let wiring = start_report_server(&client, &config, &hub, &metrics, &caches).await?;
 
     if config.leader_elect {
@@ -134,13 +157,12 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| format!("ballast-operator-{}", std::process::id())),
             duration: Duration::from_secs(15),
         };
-        leader::acquire(&client, &lease)
-            .await
-            .context("leader election")?;
+        let mut elector = leader::Elector::new(client.clone(), lease.clone());
+        elector.acquire().await;
         hub.leader.store(true, Ordering::Relaxed);
-        let mut holder = tokio::spawn(leader::hold(client.clone(), lease.clone()));
+        let mut holder = tokio::spawn(elector.hold());
         tokio::select! {
-            _ = run_controller(client.clone(), &config, metrics, wiring.clone(), hub.clone(), caches.clone()) => {
+            _ = run_controller(client.clone(), watches.clone(), &config, metrics, wiring.clone(), hub.clone(), caches.clone()) => {
                 holder.abort();
                 leader::release(&client, &lease).await;
                 Ok(())
@@ -149,8 +171,20 @@ async fn main() -> anyhow::Result<()> {
         }
     } else {
         hub.leader.store(true, Ordering::Relaxed);
-        run_controller(client, &config, metrics, wiring, hub, caches).await;
+        run_controller(client, watches, &config, metrics, wiring, hub, caches).await;
         Ok(())
+    }
+}
+
+/// `K` in `namespace`, or in all namespaces.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     }
 }
 
@@ -200,10 +234,7 @@ where
         + Sync
         + 'static,
 {
-    let api: Api<K> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+    let api: Api<K> = scoped(client, namespace);
     let (store, writer) = reflector::store();
     tokio::spawn(
         watcher(api, config)
@@ -279,16 +310,17 @@ async fn start_report_server(
 
 async fn run_controller(
     client: Client,
+    watches: Client,
     config: &Config,
     metrics: Arc<Metrics>,
     wiring: ReportWiring,
     hub: Arc<Hub>,
     caches: Caches,
 ) {
-    let prcs: Api<PresenceCluster> = match &config.watch_namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+    // With --watch-namespace, every watch stays in that namespace: the chart then grants Roles
+    // there, not cluster-wide.
+    let ns = config.watch_namespace.as_deref();
+    let prcs: Api<PresenceCluster> = scoped(&watches, ns);
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=ballast-operator");
     let (secret_changed, secret_changes) = futures::channel::mpsc::unbounded();
     let recorder = Recorder::new(
@@ -300,7 +332,7 @@ async fn run_controller(
     );
     let observer = Observer {
         client: client.clone(),
-        hub,
+        hub: hub.clone(),
         pods: caches.pods.clone(),
         statefulsets: caches.statefulsets.clone(),
         clusters: caches.clusters.clone(),
@@ -316,6 +348,7 @@ async fn run_controller(
             report: Some(wiring),
         },
         metrics,
+        hub,
         resync: config.resync,
     });
     let clusters = caches.clusters.clone();
@@ -327,9 +360,9 @@ async fn run_controller(
     });
     tracing::info!("controller starting");
     Controller::new(prcs, watcher::Config::default())
-        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned)
+        .owns(scoped::<StatefulSet>(&watches, ns), owned.clone())
+        .owns(scoped::<Service>(&watches, ns), owned.clone())
+        .owns(scoped::<PodDisruptionBudget>(&watches, ns), owned)
         .reconcile_on(secret_changes)
         .shutdown_on_signal()
         .run(reconcile::reconcile, reconcile::error_policy, ctx)

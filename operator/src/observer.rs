@@ -51,7 +51,7 @@ pub const DRAIN_ANNOTATION: &str = "ballast.dev/drain-per-second";
 /// restarts; a rotation under way resumes where it was when the annotation goes).
 pub const PAUSED_ANNOTATION: &str = "ballast.dev/paused";
 /// A report older than this is not believed.
-const FRESH: Duration = Duration::from_secs(3);
+pub const FRESH: Duration = Duration::from_secs(3);
 
 /// What the loop needs.
 pub struct Observer {
@@ -167,7 +167,20 @@ impl Observer {
             let _ = self.reconcile.unbounded_send(ObjectRef::from_obj(prc));
         }
         mem.secret_version = version.or(Some(String::new()));
-        let certificate = validate::secret(secret.as_ref(), secret_name, SystemTime::now());
+        let now = Instant::now();
+        let reports = self
+            .hub
+            .reports_of(ns, name, now.checked_sub(FRESH).unwrap_or(now));
+        let (keep_dns, keep_ip) = validate::served_names(reports.values().map(|r| &r.report));
+        let certificate = validate::secret(
+            secret.as_ref(),
+            secret_name,
+            SystemTime::now(),
+            ballast_certs::Expect {
+                keep_dns_names: &keep_dns,
+                keep_ip_addresses: &keep_ip,
+            },
+        );
         mem.not_after = certificate.as_ref().ok().map(|c| c.not_after);
         let aligned = mem.not_after.map_or_else(Vec::new, |not_after| {
             renewals::aligned_with(
@@ -194,10 +207,6 @@ impl Observer {
             .statefulsets
             .get(&ObjectRef::new(name).within(ns))
             .and_then(|s| s.status.as_ref()?.update_revision.clone());
-        let now = Instant::now();
-        let reports = self
-            .hub
-            .reports_of(ns, name, now.checked_sub(FRESH).unwrap_or(now));
         let mut pods: Vec<Arc<Pod>> = self
             .pods
             .state()

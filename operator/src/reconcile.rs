@@ -57,6 +57,8 @@ pub struct Context {
     pub client: Client,
     pub env: Environment,
     pub metrics: Arc<Metrics>,
+    /// The sidecars' latest reports (what the pods serve).
+    pub hub: Arc<crate::hub::Hub>,
     /// How often a healthy cluster is looked at again (connection counts, certificate).
     pub resync: Duration,
 }
@@ -88,7 +90,24 @@ pub async fn reconcile(prc: Arc<PresenceCluster>, ctx: Arc<Context>) -> Result<A
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
         .get_opt(secret_name)
         .await?;
-    let certificate = validate::secret(secret.as_ref(), secret_name, SystemTime::now());
+    // A renewal keeps the names the pods serve now: judged here too, so that a RollingRestart
+    // never rolls the pods onto a certificate the sidecars would refuse.
+    let now = std::time::Instant::now();
+    let reports = ctx.hub.reports_of(
+        &namespace,
+        &name,
+        now.checked_sub(crate::observer::FRESH).unwrap_or(now),
+    );
+    let (keep_dns, keep_ip) = validate::served_names(reports.values().map(|r| &r.report));
+    let certificate = validate::secret(
+        secret.as_ref(),
+        secret_name,
+        SystemTime::now(),
+        ballast_certs::Expect {
+            keep_dns_names: &keep_dns,
+            keep_ip_addresses: &keep_ip,
+        },
+    );
     let problem = validate::template(&prc)
         .err()
         .or_else(|| certificate.as_ref().err().cloned());

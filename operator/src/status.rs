@@ -210,6 +210,32 @@ pub fn compute(
             ),
         ),
     };
+    // A sidecar that refused the Secret's certificate says so in its report: never call a
+    // rotation "in progress" that the pods have refused.
+    let refusals: Vec<String> = available
+        .iter()
+        .filter_map(|p| {
+            let r = p.report.as_ref()?;
+            let refused = r.certificate.refused.as_ref()?;
+            let serves_the_secret = observed
+                .certificate
+                .as_ref()
+                .is_some_and(|c| c.sha256 == r.certificate.sha256);
+            (!serves_the_secret)
+                .then(|| format!("{} ({}): {}", p.name, refused.reason, refused.message))
+        })
+        .collect();
+    if let Some(first) = refusals.first() {
+        served_condition = condition(
+            "CertificateServed",
+            Some(false),
+            "RefusedByPods",
+            format!(
+                "{} of {ready} ready pods refused the Secret's certificate and keep serving the previous one; {first}",
+                refusals.len()
+            ),
+        );
+    }
     if !observed.renewals_aligned.is_empty() {
         served_condition.message = format!(
             "{}; {}",
@@ -268,7 +294,7 @@ pub fn compute(
             ),
         )
     };
-    let phase = if observed.problem.is_some() {
+    let phase = if observed.problem.is_some() || served_condition.reason == "RefusedByPods" {
         Phase::Degraded
     } else if observed.migrating {
         Phase::Draining
@@ -515,6 +541,39 @@ mod tests {
             "2026-11-24T10:00:00Z"
         );
         assert!(notices(Some(&first), &again).is_empty());
+    }
+
+    #[test]
+    fn pods_that_refused_the_certificate_are_not_a_rotation_in_progress() {
+        let mut refusing = pod("edge-1", 10, "old");
+        refusing.report.as_mut().unwrap().certificate.refused =
+            Some(ballast_contract::report::RefusedCertificate {
+                reason: "untrusted_chain".into(),
+                message: "the certificate does not chain to the CA bundle (ca.crt)".into(),
+            });
+        let o = observed(
+            vec![pod("edge-0", 10, "new"), refusing, pod("edge-2", 10, "new")],
+            "new",
+        );
+        let s = compute(&example(), &o, None, "2026-11-24T10:00:00Z");
+        let c = find(&s, "CertificateServed");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "RefusedByPods")
+        );
+        assert!(
+            c.message.contains("edge-1 (untrusted_chain)"),
+            "{}",
+            c.message
+        );
+        assert_eq!(s.phase, Phase::Degraded);
+        // A refusal of an older Secret, by a pod that now serves the current one: not news.
+        let mut over = pod("edge-1", 10, "new");
+        over.report.as_mut().unwrap().certificate.refused =
+            Some(ballast_contract::report::RefusedCertificate::default());
+        let o = observed(vec![pod("edge-0", 10, "new"), over], "new");
+        let s = compute(&example(), &o, None, "2026-11-24T10:00:00Z");
+        assert_ne!(find(&s, "CertificateServed").reason, "RefusedByPods");
     }
 
     #[test]

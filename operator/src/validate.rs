@@ -6,12 +6,15 @@
 //! operator and the data plane can never disagree about what is servable; the operator keeps
 //! only the facts of the certificate, never its key.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::Secret;
 
-use ballast_certs::{CertificateError, CertificateFacts, PemFiles};
+use ballast_certs::{CertificateError, CertificateFacts, Expect, PemFiles};
+use ballast_contract::report::ServedCertificate;
+use ballast_contract::Report;
 
 use crate::crd::PresenceCluster;
 use crate::workload::{SIDECAR_CONTAINER, TLS_VOLUME};
@@ -20,7 +23,8 @@ use crate::workload::{SIDECAR_CONTAINER, TLS_VOLUME};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     /// CamelCase, stable: `InvalidTemplate`, `SecretNotFound`, `SecretIncomplete`,
-    /// `CertificateExpired`, `CertificateNotYetValid`, `CertificateInvalid`.
+    /// `CertificateExpired`, `CertificateNotYetValid`, `CertificateInvalid`,
+    /// `CertificateUntrusted`, `CertificateNamesDropped`.
     pub reason: &'static str,
     pub message: String,
 }
@@ -82,6 +86,7 @@ pub fn secret(
     secret: Option<&Secret>,
     name: &str,
     now: SystemTime,
+    keep: Expect<'_>,
 ) -> Result<CertificateFacts, Problem> {
     let secret = secret.ok_or_else(|| {
         Problem::new(
@@ -106,7 +111,11 @@ pub fn secret(
             ),
         ));
     };
-    let files = PemFiles { cert, key: private };
+    let files = PemFiles {
+        cert,
+        key: private,
+        ca: key("ca.crt").unwrap_or_default(),
+    };
     let provider = rustls_provider();
     ballast_certs::inspect(
         &files,
@@ -114,15 +123,42 @@ pub fn secret(
         Path::new("tls.key"),
         &provider,
         now,
+        keep,
     )
     .map_err(|e| {
-        let reason = match e {
-            CertificateError::Expired { .. } => "CertificateExpired",
-            CertificateError::NotYetValid { .. } => "CertificateNotYetValid",
-            _ => "CertificateInvalid",
+        let (reason, advice) = match e {
+            CertificateError::Expired { .. } => ("CertificateExpired", ""),
+            CertificateError::NotYetValid { .. } => ("CertificateNotYetValid", ""),
+            CertificateError::CaBundle(_) | CertificateError::UntrustedChain(_) => (
+                "CertificateUntrusted",
+                "; the pods keep serving the previous certificate",
+            ),
+            CertificateError::NamesDropped { .. } => (
+                "CertificateNamesDropped",
+                "; the pods keep serving the previous certificate (if the names are dropped on purpose, restart the pods: a sidecar that starts takes any valid pair, and this check follows what the pods serve)",
+            ),
+            _ => ("CertificateInvalid", ""),
         };
-        Problem::new(reason, format!("Secret {name:?}: {e}"))
+        Problem::new(reason, format!("Secret {name:?}: {e}{advice}"))
     })
+}
+
+/// The names a Secret's next certificate must keep: those of the certificate most reporting
+/// pods serve (the one it replaces). None when no pod reports: then nothing is served that
+/// could be broken, and a sidecar that starts takes any valid pair as well.
+pub fn served_names<'a>(reports: impl Iterator<Item = &'a Report>) -> (Vec<String>, Vec<String>) {
+    let mut by_sha: HashMap<&str, (usize, &ServedCertificate)> = HashMap::new();
+    for r in reports {
+        by_sha
+            .entry(r.certificate.sha256.as_str())
+            .or_insert((0, &r.certificate))
+            .0 += 1;
+    }
+    by_sha
+        .into_values()
+        .max_by(|a, b| a.0.cmp(&b.0).then(b.1.sha256.cmp(&a.1.sha256)))
+        .map(|(_, c)| (c.dns_names.clone(), c.ip_addresses.clone()))
+        .unwrap_or_default()
 }
 
 fn rustls_provider() -> rustls::crypto::CryptoProvider {
@@ -171,7 +207,9 @@ mod tests {
     fn each_secret_problem_has_its_reason() {
         let now = SystemTime::now();
         assert_eq!(
-            secret(None, "agents-tls", now).unwrap_err().reason,
+            secret(None, "agents-tls", now, Expect::default())
+                .unwrap_err()
+                .reason,
             "SecretNotFound"
         );
 
@@ -181,7 +219,7 @@ mod tests {
             .unwrap();
         let mut partial = tls_secret(&good.cert_pem, &good.key_pem);
         partial.data.as_mut().unwrap().remove("tls.key");
-        let err = secret(Some(&partial), "agents-tls", now).unwrap_err();
+        let err = secret(Some(&partial), "agents-tls", now, Expect::default()).unwrap_err();
         assert_eq!(err.reason, "SecretIncomplete");
         assert!(err.message.contains("tls.key"), "{err:?}");
 
@@ -192,6 +230,7 @@ mod tests {
             Some(&tls_secret(&expired.cert_pem, &expired.key_pem)),
             "agents-tls",
             now,
+            Expect::default(),
         )
         .unwrap_err();
         assert_eq!(err.reason, "CertificateExpired");
@@ -203,6 +242,7 @@ mod tests {
             Some(&tls_secret(&good.cert_pem, &other.key_pem)),
             "agents-tls",
             now,
+            Expect::default(),
         )
         .unwrap_err();
         assert_eq!(err.reason, "CertificateInvalid");
@@ -212,8 +252,85 @@ mod tests {
             Some(&tls_secret(&good.cert_pem, &good.key_pem)),
             "agents-tls",
             now,
+            Expect::default(),
         )
         .unwrap();
         assert_eq!(ok.sha256, good.fingerprint());
+    }
+
+    fn with_ca(mut secret: Secret, ca_pem: &str) -> Secret {
+        secret
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("ca.crt".into(), ByteString(ca_pem.as_bytes().to_vec()));
+        secret
+    }
+
+    #[test]
+    fn a_renewal_must_chain_to_the_secrets_ca_and_keep_the_served_names() {
+        let now = SystemTime::now();
+        let ca = Ca::new("agents CA").unwrap();
+        let names = ["edge.presence.svc".to_owned(), "127.0.0.1".to_owned()];
+        let good = ca.issue_server(&names, Validity::Current).unwrap();
+        let judge = |s: &Secret, keep: Expect<'_>| secret(Some(s), "agents-tls", now, keep);
+        let served = judge(
+            &with_ca(tls_secret(&good.cert_pem, &good.key_pem), &ca.cert_pem()),
+            Expect::default(),
+        )
+        .unwrap();
+
+        let foreign = Ca::new("someone else").unwrap();
+        let theirs = foreign.issue_server(&names, Validity::Current).unwrap();
+        let err = judge(
+            &with_ca(
+                tls_secret(&theirs.cert_pem, &theirs.key_pem),
+                &ca.cert_pem(),
+            ),
+            Expect::replacing(&served),
+        )
+        .unwrap_err();
+        assert_eq!(err.reason, "CertificateUntrusted", "{err:?}");
+        assert!(err.message.contains("previous certificate"), "{err:?}");
+
+        let narrower = ca.issue_server(&names[..1], Validity::Current).unwrap();
+        let err = judge(
+            &with_ca(
+                tls_secret(&narrower.cert_pem, &narrower.key_pem),
+                &ca.cert_pem(),
+            ),
+            Expect::replacing(&served),
+        )
+        .unwrap_err();
+        assert_eq!(err.reason, "CertificateNamesDropped", "{err:?}");
+        assert!(err.message.contains("127.0.0.1"), "{err:?}");
+        // With nothing served yet, there is nothing to keep.
+        judge(
+            &with_ca(
+                tls_secret(&narrower.cert_pem, &narrower.key_pem),
+                &ca.cert_pem(),
+            ),
+            Expect::default(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn the_names_to_keep_are_those_most_pods_serve() {
+        let report = |sha: &str, dns: &[&str]| Report {
+            certificate: ServedCertificate {
+                sha256: sha.into(),
+                dns_names: dns.iter().map(|d| d.to_string()).collect(),
+                ..ServedCertificate::default()
+            },
+            ..Report::default()
+        };
+        let reports = [
+            report("new", &["a"]),
+            report("old", &["a", "b"]),
+            report("old", &["a", "b"]),
+        ];
+        assert_eq!(served_names(reports.iter()).0, ["a", "b"]);
+        assert_eq!(served_names([].iter()), (vec![], vec![]));
     }
 }

@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapProjection, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSpec, Probe,
-    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Service, ServiceAccountTokenProjection, ServicePort,
+    HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSecurityContext,
+    PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Service, ServiceAccountTokenProjection, ServicePort,
     ServiceSpec as CoreServiceSpec, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
@@ -30,6 +30,8 @@ pub const SIDECAR_CONTAINER: &str = "ballast-sidecar";
 pub const TLS_VOLUME: &str = "ballast-tls";
 /// Where the sidecar finds the Secret.
 pub const TLS_MOUNT: &str = "/etc/ballast/tls";
+/// The sidecar's user and group: not root, and the pod's fsGroup unless the template has one.
+pub const SIDECAR_UID: i64 = 65532;
 /// Label on every owned object and pod: the PresenceCluster's name.
 pub const CLUSTER_LABEL: &str = "ballast.dev/presencecluster";
 /// Extra time beyond the drain window before the kubelet kills a terminating pod.
@@ -178,6 +180,13 @@ fn statefulset(prc: &PresenceCluster, name: &str, env: &Environment) -> Stateful
         outlive_the_drain(gateway, spec.sidecar.admin_port);
     }
     pod.containers.push(sidecar_container(prc, env));
+    // The Secret volumes are mode 0440, owned by root and by the pod's fsGroup: the sidecar
+    // (uid 65532, never root) reads them as a member of that group. The kubelet adds the
+    // fsGroup to every container's groups, so a template's own fsGroup serves as well.
+    pod.security_context
+        .get_or_insert_with(PodSecurityContext::default)
+        .fs_group
+        .get_or_insert(SIDECAR_UID);
     let volumes = pod.volumes.get_or_insert_with(Vec::new);
     volumes.push(Volume {
         name: TLS_VOLUME.into(),
@@ -309,6 +318,8 @@ fn sidecar_container(prc: &PresenceCluster, env: &Environment) -> Container {
         format!("--upstream={upstream}:{}", spec.gateway.port),
         format!("--cert={TLS_MOUNT}/tls.crt"),
         format!("--key={TLS_MOUNT}/tls.key"),
+        // A renewal must chain to the Secret's CA (absent or empty: no such check).
+        format!("--ca={TLS_MOUNT}/ca.crt"),
         format!(
             "--max-connections={}",
             spec.capacity.max_connections_per_pod
@@ -400,8 +411,8 @@ fn sidecar_container(prc: &PresenceCluster, env: &Environment) -> Container {
         ),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
-            run_as_user: Some(65532),
-            run_as_group: Some(65532),
+            run_as_user: Some(SIDECAR_UID),
+            run_as_group: Some(SIDECAR_UID),
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
             capabilities: Some(Capabilities {
@@ -677,6 +688,36 @@ mod tests {
             .unwrap()
             .iter()
             .any(|a| a.starts_with("--operator")));
+    }
+
+    #[test]
+    fn the_non_root_sidecar_can_read_the_secret_volumes() {
+        let w = build(&example(), &Environment::default());
+        let pod = w.statefulset.spec.template.spec.as_ref().unwrap();
+        let sc = sidecar(&w).security_context.unwrap();
+        assert_ne!(sc.run_as_user, Some(0));
+        for v in pod.volumes.as_ref().unwrap() {
+            if let Some(secret) = &v.secret {
+                assert_eq!(secret.default_mode, Some(0o440), "{}", v.name);
+            }
+        }
+        // 0440 files are readable through the group only: the pod's fsGroup.
+        let fs_group = pod.security_context.as_ref().unwrap().fs_group;
+        assert_eq!(fs_group, Some(SIDECAR_UID));
+
+        // A template's own fsGroup is kept (every container has it).
+        let mut prc = example();
+        prc.spec
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .security_context
+            .get_or_insert_with(PodSecurityContext::default)
+            .fs_group = Some(2000);
+        let w = build(&prc, &Environment::default());
+        let pod = w.statefulset.spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.security_context.as_ref().unwrap().fs_group, Some(2000));
     }
 
     #[test]

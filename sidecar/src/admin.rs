@@ -10,6 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -17,9 +18,10 @@ use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use ballast_contract::clock;
 use ballast_contract::{
@@ -27,33 +29,59 @@ use ballast_contract::{
     PROTOCOL_VERSION,
 };
 
+use crate::accept_errors::AcceptErrors;
 use crate::drain::Origin;
 use crate::metrics::{CloseCause, Refusal};
 use crate::server::Shared;
 
 /// Largest request body accepted (a drain request is a few dozen bytes).
 const MAX_BODY: usize = 4096;
+/// Longest a caller may take to send its request headers, and then its body. The kubelet's
+/// probes and Prometheus send at once; a caller that trickles would hold a descriptor the
+/// agents need.
+const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin connections open at once (each request has its own: no keep-alive); a connection
+/// beyond it is closed at once and counted. `/drained` waits hold one each, for a few pods'
+/// preStop hooks at most.
+const MAX_CONNECTIONS: usize = 64;
 
 type Reply = Response<Full<Bytes>>;
 
 /// Serves the admin API until the task is dropped.
+///
+/// Slow or idle callers cannot pile up: the headers must arrive within
+/// [`REQUEST_READ_TIMEOUT`] (then the body, within as long again), a connection serves one
+/// request, and at most [`MAX_CONNECTIONS`] are open at once.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut errors = AcceptErrors::new("admin", shared.metrics.accept_errors("admin"));
     loop {
         let (stream, peer) = match listener.accept().await {
-            Ok(pair) => pair,
+            Ok(pair) => {
+                errors.recovered();
+                pair
+            }
             Err(err) => {
-                tracing::warn!(error = %err, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(errors.failed(&err, Instant::now())).await;
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            shared.metrics.admin_connections_refused.inc();
+            drop(stream);
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, std::convert::Infallible>(route(req, peer, &shared).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(REQUEST_READ_TIMEOUT)
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
@@ -68,7 +96,7 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Rep
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining: not accepting\n")
             } else if !shared.upstream_reachable() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "gateway unreachable\n")
-            } else if shared.directed.steered_away(std::time::Instant::now()) {
+            } else if shared.directed.steered_away(Instant::now()) {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "steered away by the operator: serving established agents, not attracting new ones; lapses if the operator falls silent\n",
@@ -114,14 +142,12 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Rep
 /// (the kubelet runs hooks and signals concurrently), so it waits for both conditions. When the
 /// sidecar exits first, the caller's connection drops, which also ends the hook.
 async fn drained(shared: &Shared) -> Reply {
-    let deadline = std::time::Instant::now()
-        + shared.config.shutdown_drain
-        + std::time::Duration::from_secs(5);
+    let deadline = Instant::now() + shared.config.shutdown_drain + Duration::from_secs(5);
     loop {
         if !shared.accepting() && shared.connections.is_empty() {
             return text(StatusCode::OK, "drained\n");
         }
-        if std::time::Instant::now() >= deadline {
+        if Instant::now() >= deadline {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!(
@@ -135,17 +161,24 @@ async fn drained(shared: &Shared) -> Reply {
                 ),
             );
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 async fn start_drain(req: Request<Incoming>, shared: &Shared) -> Reply {
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
+    let read = Limited::new(req.into_body(), MAX_BODY).collect();
+    let body = match tokio::time::timeout(REQUEST_READ_TIMEOUT, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(_)) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body too large or unreadable",
+            )
+        }
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body did not arrive in time",
             )
         }
     };

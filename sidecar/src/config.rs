@@ -12,7 +12,8 @@ use clap::Parser;
 
 /// TLS-terminating presence sidecar: hot certificate reload, paced drains, admission control.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "ballast-sidecar", version, about, long_about = None)]
+// A flag given twice takes its last value (a person appending to a pod's args wins).
+#[command(name = "ballast-sidecar", version, about, long_about = None, args_override_self = true)]
 pub struct Config {
     /// Address the agents connect to (TLS).
     #[arg(long, env = "BALLAST_LISTEN", default_value = "0.0.0.0:8443")]
@@ -33,6 +34,12 @@ pub struct Config {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1; RSA or ECDSA).
     #[arg(long, env = "BALLAST_KEY")]
     pub key: PathBuf,
+
+    /// PEM bundle the served chain must lead to (for a mounted Secret: `.../ca.crt`, which
+    /// cert-manager writes). A renewal that does not chain to it is refused and the previous
+    /// certificate keeps serving; a missing or empty file means no such check.
+    #[arg(long, env = "BALLAST_CA")]
+    pub ca: Option<PathBuf>,
 
     /// PEM bundle of CAs that client certificates must chain to; enables mutual TLS.
     #[arg(long, env = "BALLAST_CLIENT_CA")]
@@ -55,6 +62,17 @@ pub struct Config {
     /// A client that has not finished its handshake within this time is cut (slowloris).
     #[arg(long, env = "BALLAST_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
+
+    /// Longest a write may wait for a peer (agent or gateway) that stopped reading; then the
+    /// connection is cut (cause `timeout`). Also bounds how long a drain can wait on one.
+    #[arg(long, env = "BALLAST_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
+    /// Close a connection that moved no byte either way for this long (`0`: never). Presence
+    /// agents send heartbeats, so set it to a few heartbeat periods to shed dead peers that
+    /// never sent a FIN; the close carries close_notify, so a live agent reconnects at once.
+    #[arg(long, env = "BALLAST_IDLE_TIMEOUT", default_value = "0s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
 
     /// Time allowed to connect to the gateway for each new agent.
     #[arg(long, env = "BALLAST_UPSTREAM_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
@@ -114,6 +132,20 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+impl Config {
+    /// Open files kept for everything but agents: listeners, the admin API's callers, the
+    /// report connection, the certificate files, the log.
+    pub const RESERVED_OPEN_FILES: u64 = 128;
+
+    /// `--max-connections`, lowered to what `open_file_limit` allows: each agent holds two
+    /// descriptors (its socket and the gateway's), and a pod that admits more than it can
+    /// open fails in `accept` instead of refusing cleanly before the handshake.
+    pub fn max_connections_within(&self, open_file_limit: u64) -> usize {
+        let fits = open_file_limit.saturating_sub(Self::RESERVED_OPEN_FILES) / 2;
+        self.max_connections.min(fits.max(1) as usize)
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -152,6 +184,21 @@ mod tests {
     }
 
     #[test]
+    fn max_connections_fit_the_open_file_limit() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.max_connections, 50_000);
+        // This machine's hard limit: 20,000 files hold 9,936 agents and the reserve.
+        assert_eq!(c.max_connections_within(20_000), 9_936);
+        assert_eq!(c.max_connections_within(1_000_000), 50_000);
+        assert_eq!(c.max_connections_within(64), 1);
+        let last = with(&["--max-connections", "10", "--max-connections", "20"]).unwrap();
+        assert_eq!(
+            last.max_connections, 20,
+            "a flag given twice takes its last value"
+        );
+    }
+
+    #[test]
     fn defaults_match_the_documented_interface() {
         let c = Config::try_parse_from(["ballast-sidecar", "--cert", "c", "--key", "k"]).unwrap();
         assert_eq!(c.listen, "0.0.0.0:8443".parse().unwrap());
@@ -164,6 +211,12 @@ mod tests {
             "reporting is opt-in: the data plane needs no operator"
         );
         assert_eq!(c.report_interval, Duration::from_secs(1));
+        assert_eq!(c.write_timeout, Duration::from_secs(30));
+        assert_eq!(
+            c.idle_timeout,
+            Duration::ZERO,
+            "no idle timeout unless asked"
+        );
     }
 
     #[test]

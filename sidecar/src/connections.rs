@@ -3,10 +3,11 @@
 //!
 //! It owns no socket. A connection's task registers itself after its handshake and holds a
 //! [`Registration`] that removes the entry when the task ends, so the table can never list a
-//! connection that is gone.
+//! connection that is gone. A close a drain asked for is counted when that happens — when the
+//! connection's task has ended — never when it is asked: a peer that stalls is still open.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -16,6 +17,8 @@ struct Entry {
     generation: u64,
     accepted: Instant,
     close: Arc<Notify>,
+    /// The counter of the drain that asked it to close, incremented when it has.
+    closed_into: Option<Arc<AtomicUsize>>,
 }
 
 /// All established connections of this sidecar.
@@ -35,11 +38,15 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.connections
+        let entry = self
+            .connections
             .table
             .lock()
             .expect("connections lock")
             .remove(&self.id);
+        if let Some(counter) = entry.and_then(|e| e.closed_into) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -53,6 +60,7 @@ impl Connections {
                 generation,
                 accepted: Instant::now(),
                 close: close.clone(),
+                closed_into: None,
             },
         );
         Registration {
@@ -91,12 +99,14 @@ impl Connections {
         ids.into_iter().map(|(_, _, id)| id).collect()
     }
 
-    /// Asks one connection to close gracefully. False if it is already gone.
-    pub fn close(&self, id: u64) -> bool {
-        match self.table.lock().expect("connections lock").get(&id) {
+    /// Asks one connection to close gracefully; `closed` counts it once it has. False if it
+    /// is already gone.
+    pub fn close(&self, id: u64, closed: &Arc<AtomicUsize>) -> bool {
+        match self.table.lock().expect("connections lock").get_mut(&id) {
             Some(entry) => {
                 // notify_one stores a permit, so a connection busy forwarding still sees it.
                 entry.close.notify_one();
+                entry.closed_into.get_or_insert_with(|| closed.clone());
                 true
             }
             None => false,
@@ -119,7 +129,14 @@ mod tests {
         assert_eq!(table.by_generation().get(&2), Some(&2));
         drop(old);
         assert_eq!(table.len(), 2);
-        assert!(!table.close(order[0]));
-        assert!(table.close(order[1]));
+        let closed = Arc::new(AtomicUsize::new(0));
+        assert!(!table.close(order[0], &closed));
+        assert!(table.close(order[1], &closed));
+        // Asked is not closed: counted when the connection's task lets go of it.
+        assert_eq!(closed.load(Ordering::Relaxed), 0);
+        drop(new);
+        assert_eq!(closed.load(Ordering::Relaxed), 1);
+        drop(newer);
+        assert_eq!(closed.load(Ordering::Relaxed), 1, "never asked to close");
     }
 }

@@ -33,6 +33,9 @@ pub enum Origin {
 struct Running {
     origin: Origin,
     target: usize,
+    /// Closes asked so far.
+    asked: Arc<AtomicUsize>,
+    /// Asked connections that have closed.
     closed: Arc<AtomicUsize>,
     over_seconds: f64,
     started_at: i64,
@@ -41,12 +44,15 @@ struct Running {
 
 impl Running {
     fn progress(&self) -> DrainProgress {
+        let asked = self.asked.load(Ordering::Relaxed);
+        let closed = self.closed.load(Ordering::Relaxed);
         DrainProgress {
             target: self.target,
-            closed: self.closed.load(Ordering::Relaxed),
+            asked,
+            closed,
             over_seconds: self.over_seconds,
             started_at: clock::rfc3339(self.started_at),
-            finished: self.task.is_finished(),
+            finished: self.task.is_finished() && closed >= asked,
         }
     }
 }
@@ -74,6 +80,7 @@ impl Drainer {
             DrainSize::Count(n) => n.min(order.len()),
             DrainSize::All(_) => order.len(),
         };
+        let asked = Arc::new(AtomicUsize::new(0));
         let closed = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn(pace(
             self.connections.clone(),
@@ -81,11 +88,12 @@ impl Drainer {
             order,
             target,
             window,
-            closed.clone(),
+            (asked.clone(), closed.clone()),
         ));
         let running = Running {
             origin,
             target,
+            asked,
             closed,
             over_seconds: window.as_secs_f64(),
             started_at: clock::unix_now(),
@@ -164,7 +172,7 @@ async fn pace(
     order: Vec<u64>,
     target: usize,
     window: Duration,
-    closed: Arc<AtomicUsize>,
+    (asked, closed): (Arc<AtomicUsize>, Arc<AtomicUsize>),
 ) {
     let start = Instant::now();
     let mut candidates = order.into_iter();
@@ -176,8 +184,8 @@ async fn pace(
                 metrics.draining.set(0);
                 return;
             };
-            if connections.close(id) {
-                closed.fetch_add(1, Ordering::Relaxed);
+            if connections.close(id, &closed) {
+                asked.fetch_add(1, Ordering::Relaxed);
                 break;
             }
         }
@@ -205,6 +213,14 @@ mod tests {
         }
         assert_eq!(notified_at, vec![0, 1000, 2000, 3000]);
         tokio::time::sleep(Duration::from_secs(1)).await;
+        // Asked, but open until their tasks end: not closed, not finished.
+        let p = drainer.progress().unwrap();
+        assert_eq!((p.asked, p.closed, p.finished), (4, 0, false));
+        let mut regs = regs;
+        regs.drain(..3);
+        let p = drainer.progress().unwrap();
+        assert_eq!((p.asked, p.closed, p.finished), (4, 3, false));
+        regs.remove(0);
         let p = drainer.progress().unwrap();
         assert_eq!((p.closed, p.target, p.finished), (4, 4, true));
         assert_eq!(metrics.draining.get(), 0);

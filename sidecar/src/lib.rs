@@ -8,7 +8,8 @@
 //! variables), [`TlsState::load`] (the initial certificate, or a [`StartupError`]) and [`run`].
 //! Everything else is private. Modules, in the order a connection meets them:
 //! - `config`: flags and `BALLAST_*` environment variables.
-//! - `server`: lifecycle — bind, accept, lame duck on SIGTERM.
+//! - `server`: lifecycle — bind, accept, lame duck on SIGTERM; `accept_errors` paces an
+//!   accept loop that runs out of file descriptors.
 //! - `admission`: refuse cheaply before the handshake when the pod is at its limits.
 //! - `tls`: the served certificate, validated by `ballast-certs` and hot-swapped.
 //! - `proxy` and `proxy_protocol`: one connection's bytes, without idle buffers.
@@ -27,6 +28,7 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+mod accept_errors;
 mod admin;
 mod admission;
 mod config;

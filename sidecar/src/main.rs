@@ -7,7 +7,7 @@ use ballast_sidecar::{Config, LogFormat, TlsState};
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let mut config = Config::parse();
     init_logging(config.log_format);
 
     // Exactly one provider in the build (ring), installed explicitly so no dependency can pick
@@ -15,12 +15,24 @@ fn main() -> anyhow::Result<()> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    raise_open_file_limit();
+    if let Some(limit) = raise_open_file_limit() {
+        let fitted = config.max_connections_within(limit);
+        if fitted < config.max_connections {
+            tracing::warn!(
+                max_connections = config.max_connections,
+                open_file_limit = limit,
+                clamped_to = fitted,
+                "--max-connections needs two open files per agent and a reserve the limit does not allow: clamped (raise the container's nofile limit to serve more)"
+            );
+            config.max_connections = fitted;
+        }
+    }
 
     let tls = TlsState::load(
         provider,
         config.cert.clone(),
         config.key.clone(),
+        config.ca.clone(),
         config.client_ca.clone(),
     )
     .context("cannot start without a valid certificate")?;
@@ -46,9 +58,15 @@ fn init_logging(format: LogFormat) {
 
 /// Each agent costs two descriptors (its socket and the gateway's); the default soft limit of
 /// 1024 would cap a pod at ~500 agents.
-fn raise_open_file_limit() {
+fn raise_open_file_limit() -> Option<u64> {
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::info!(limit, "open-file limit raised to the hard limit"),
-        Err(err) => tracing::warn!(error = %err, "cannot raise the open-file limit"),
+        Ok(limit) => {
+            tracing::info!(limit, "open-file limit raised to the hard limit");
+            Some(limit)
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot raise the open-file limit");
+            None
+        }
     }
 }

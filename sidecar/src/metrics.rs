@@ -106,6 +106,13 @@ pub struct Metrics {
     pub directive_lapses: Counter,
     pub directive_drains: Counter,
     pub steered_away: Gauge,
+    accept_errors: Family<ListenerLabel, Counter>,
+    pub admin_connections_refused: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: &'static str,
 }
 
 impl Default for Metrics {
@@ -134,6 +141,8 @@ impl Metrics {
             directive_lapses: Counter::default(),
             directive_drains: Counter::default(),
             steered_away: Gauge::default(),
+            accept_errors: Family::default(),
+            admin_connections_refused: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -216,6 +225,16 @@ impl Metrics {
             "1 while the operator's directive keeps new connections away (readiness fails)",
             m.steered_away.clone(),
         );
+        registry.register(
+            "accept_errors",
+            "Failed accepts (typically out of file descriptors), by listener (agents, admin)",
+            m.accept_errors.clone(),
+        );
+        registry.register(
+            "admin_connections_refused",
+            "Admin API connections closed at once because too many were open",
+            m.admin_connections_refused.clone(),
+        );
         // Pre-create every label value so dashboards see zeros rather than gaps.
         for r in Refusal::ALL {
             m.refused(r);
@@ -223,7 +242,17 @@ impl Metrics {
         for c in CloseCause::ALL {
             m.closed(c);
         }
+        for listener in ["agents", "admin"] {
+            m.accept_errors(listener);
+        }
         Self { registry, ..m }
+    }
+
+    /// The failed-accept counter of one listener (`agents` or `admin`).
+    pub fn accept_errors(&self, listener: &'static str) -> Counter {
+        self.accept_errors
+            .get_or_create(&ListenerLabel { listener })
+            .clone()
     }
 
     pub fn refused(&self, reason: Refusal) -> Counter {

@@ -29,7 +29,7 @@ use tokio::net::TcpSocket;
 use tokio_rustls::TlsConnector;
 
 use ballast_contract::clock;
-use ballast_contract::report::{ConnectionCounts, ServedCertificate};
+use ballast_contract::report::{ConnectionCounts, RefusedCertificate, ServedCertificate};
 use ballast_contract::{Answer, Report, PROTOCOL_VERSION, REPORT_PATH};
 
 use crate::metrics::{CloseCause, Refusal};
@@ -320,6 +320,12 @@ fn build_report(shared: &Shared, counted: &Counted, sequence: u64) -> (Report, C
             sha256: served.certificate.facts.sha256.clone(),
             not_after: clock::rfc3339(served.certificate.facts.not_after),
             generation: served.generation,
+            dns_names: served.certificate.facts.dns_names.clone(),
+            ip_addresses: served.certificate.facts.ip_addresses.clone(),
+            refused: shared.tls.last_failure().map(|f| RefusedCertificate {
+                reason: f.reason.to_owned(),
+                message: f.message,
+            }),
         },
         max_connections: shared.config.max_connections as u64,
         max_handshakes_per_second: u64::from(shared.config.max_handshakes_per_second),

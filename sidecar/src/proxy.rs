@@ -4,6 +4,11 @@
 //! Memory is the constraint that shapes this module. Presence connections are idle almost all
 //! of the time, so a connection holds no copy buffer while it waits: it waits for socket
 //! readiness, and only then borrows a buffer for the burst of bytes that is ready.
+//!
+//! No peer can hold a connection's task forever: every write has a deadline
+//! (`--write-timeout`, a peer that stops reading is cut with cause `timeout`), a close a drain
+//! asks for interrupts a blocked write, the graceful close itself is bounded, and with
+//! `--idle-timeout` a connection that moved no byte either way for that long is closed.
 
 use std::future::Future;
 use std::io;
@@ -66,11 +71,16 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut ti
 
     let upstream = match dial_upstream(&shared, peer, local).await {
         Ok(stream) => {
-            shared.set_upstream_reachable(true);
+            shared.upstream_dialed(true);
             stream
         }
         Err(err) => {
-            shared.set_upstream_reachable(false);
+            // Out of descriptors here says nothing about the gateway.
+            let local_shortage =
+                matches!(err.raw_os_error(), Some(24 /* EMFILE */ | 23 /* ENFILE */));
+            if !local_shortage {
+                shared.upstream_dialed(false);
+            }
             metrics.upstream_connect_failures.inc();
             metrics.closed(CloseCause::Upstream).inc();
             tracing::warn!(%peer, upstream = %shared.upstream, error = %err,
@@ -87,7 +97,11 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut ti
         registration.close.notify_one();
     }
     metrics.connections.inc();
-    let cause = pump(client, upstream, &registration.close).await;
+    let deadlines = Deadlines {
+        write: shared.config.write_timeout,
+        idle: Some(shared.config.idle_timeout).filter(|d| !d.is_zero()),
+    };
+    let cause = pump(client, upstream, &registration.close, deadlines).await;
     drop(registration);
     metrics.connections.dec();
     metrics.closed(cause).inc();
@@ -138,25 +152,73 @@ enum Flow {
     Idle,
     /// The sending side finished (EOF or close_notify).
     Finished,
+    /// A drain asked to close while a write was waiting on the peer.
+    CloseAsked,
     /// The connection cannot go on; the cause says whose fault.
     Broken(CloseCause),
 }
 
-/// Moves bytes both ways until both directions finish, one breaks, or a drain closes it.
+/// The deadlines of one connection.
+#[derive(Clone, Copy)]
+struct Deadlines {
+    /// Longest a write may wait for the peer to take bytes.
+    write: Duration,
+    /// Longest a connection may move no byte either way (none: no limit).
+    idle: Option<Duration>,
+}
+
+/// Runs `write` within `deadlines.write`, unless a close is asked first.
+async fn write_within(
+    write: impl Future<Output = io::Result<()>>,
+    deadlines: Deadlines,
+    close: &Notify,
+    peer_cause: CloseCause,
+) -> Option<Flow> {
+    tokio::select! {
+        written = tokio::time::timeout(deadlines.write, write) => match written {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) if peer_cause == CloseCause::Client && !is_peer_gone(&e) => {
+                Some(Flow::Broken(CloseCause::Error))
+            }
+            Ok(Err(_)) => Some(Flow::Broken(peer_cause)),
+            Err(_) => Some(Flow::Broken(CloseCause::Timeout)),
+        },
+        _ = close.notified() => Some(Flow::CloseAsked),
+    }
+}
+
+/// Moves bytes both ways until both directions finish, one breaks, a deadline passes, or a
+/// drain closes it.
 async fn pump(
     mut client: TlsStream<TcpStream>,
     mut upstream: TcpStream,
     close: &Notify,
+    deadlines: Deadlines,
 ) -> CloseCause {
     let mut client_sending = true;
     let mut upstream_sending = true;
     let mut first_to_finish: Option<CloseCause> = None;
     let mut grace_deadline: Option<tokio::time::Instant> = None;
+    let mut last_moved = tokio::time::Instant::now();
     loop {
         let mut buffer: Vec<u8> = Vec::new();
+        let mut moved = false;
         if client_sending {
-            match client_to_upstream(&mut client, &mut upstream, &mut buffer).await {
+            match client_to_upstream(
+                &mut client,
+                &mut upstream,
+                &mut buffer,
+                close,
+                deadlines,
+                &mut moved,
+            )
+            .await
+            {
                 Flow::Idle => {}
+                Flow::CloseAsked => {
+                    close_gracefully(&mut client, &mut upstream).await;
+                    return CloseCause::Drain;
+                }
                 Flow::Finished => {
                     client_sending = false;
                     first_to_finish.get_or_insert(CloseCause::Client);
@@ -166,8 +228,21 @@ async fn pump(
             }
         }
         if upstream_sending {
-            match upstream_to_client(&mut upstream, &mut client, &mut buffer).await {
+            match upstream_to_client(
+                &mut upstream,
+                &mut client,
+                &mut buffer,
+                close,
+                deadlines,
+                &mut moved,
+            )
+            .await
+            {
                 Flow::Idle => {}
+                Flow::CloseAsked => {
+                    close_gracefully(&mut client, &mut upstream).await;
+                    return CloseCause::Drain;
+                }
                 Flow::Finished => {
                     upstream_sending = false;
                     first_to_finish.get_or_insert(CloseCause::Upstream);
@@ -190,10 +265,24 @@ async fn pump(
                 None => std::future::pending().await,
             }
         };
+        if moved {
+            last_moved = tokio::time::Instant::now();
+        }
+        let idle = async {
+            match deadlines.idle {
+                Some(limit) => tokio::time::sleep_until(last_moved + limit).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = close.notified() => {
                 close_gracefully(&mut client, &mut upstream).await;
                 return CloseCause::Drain;
+            }
+            _ = idle => {
+                // close_notify all the same: an agent that was only quiet reconnects at once.
+                close_gracefully(&mut client, &mut upstream).await;
+                return CloseCause::Timeout;
             }
             ready = client.get_ref().0.readable(), if client_sending => {
                 if ready.is_err() { return CloseCause::Error; }
@@ -210,6 +299,9 @@ async fn client_to_upstream(
     client: &mut TlsStream<TcpStream>,
     upstream: &mut TcpStream,
     buffer: &mut Vec<u8>,
+    close: &Notify,
+    deadlines: Deadlines,
+    moved: &mut bool,
 ) -> Flow {
     loop {
         if buffer.is_empty() {
@@ -219,8 +311,12 @@ async fn client_to_upstream(
             None => return Flow::Idle,
             Some(Ok(0)) => return Flow::Finished,
             Some(Ok(n)) => {
-                if upstream.write_all(&buffer[..n]).await.is_err() {
-                    return Flow::Broken(CloseCause::Upstream);
+                *moved = true;
+                let write = upstream.write_all(&buffer[..n]);
+                if let Some(flow) =
+                    write_within(write, deadlines, close, CloseCause::Upstream).await
+                {
+                    return flow;
                 }
             }
             // A TCP EOF without close_notify: the agent went away without saying goodbye.
@@ -235,6 +331,9 @@ async fn upstream_to_client(
     upstream: &mut TcpStream,
     client: &mut TlsStream<TcpStream>,
     buffer: &mut Vec<u8>,
+    close: &Notify,
+    deadlines: Deadlines,
+    moved: &mut bool,
 ) -> Flow {
     loop {
         if buffer.is_empty() {
@@ -243,16 +342,15 @@ async fn upstream_to_client(
         match upstream.try_read(buffer) {
             Ok(0) => return Flow::Finished,
             Ok(n) => {
+                *moved = true;
                 let written = async {
                     client.write_all(&buffer[..n]).await?;
                     client.flush().await
                 };
-                if let Err(e) = written.await {
-                    return Flow::Broken(if is_peer_gone(&e) {
-                        CloseCause::Client
-                    } else {
-                        CloseCause::Error
-                    });
+                if let Some(flow) =
+                    write_within(written, deadlines, close, CloseCause::Client).await
+                {
+                    return flow;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flow::Idle,

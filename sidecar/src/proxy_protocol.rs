@@ -71,4 +71,59 @@ mod tests {
         assert_eq!(h[31], 1);
         assert_eq!(u16::from_be_bytes([h[48], h[49]]), 1000);
     }
+
+    /// What a PROXY v2 reader (HAProxy's, the gateway's) would take from the header.
+    fn read_back(h: &[u8]) -> (SocketAddr, SocketAddr) {
+        assert_eq!(&h[..12], &SIGNATURE);
+        assert_eq!(h[12], 0x21, "version 2, PROXY");
+        let len = usize::from(u16::from_be_bytes([h[14], h[15]]));
+        assert_eq!(h.len(), 16 + len, "the length covers the addresses exactly");
+        let port = |at: usize| u16::from_be_bytes([h[at], h[at + 1]]);
+        match h[13] {
+            0x11 => {
+                let ip =
+                    |at: usize| std::net::Ipv4Addr::new(h[at], h[at + 1], h[at + 2], h[at + 3]);
+                (
+                    SocketAddr::new(ip(16).into(), port(24)),
+                    SocketAddr::new(ip(20).into(), port(26)),
+                )
+            }
+            0x21 => {
+                let ip = |at: usize| {
+                    let octets: [u8; 16] = h[at..at + 16].try_into().unwrap();
+                    std::net::Ipv6Addr::from(octets)
+                };
+                (
+                    SocketAddr::new(ip(16).into(), port(48)),
+                    SocketAddr::new(ip(32).into(), port(50)),
+                )
+            }
+            other => panic!("family/transport {other:#x}"),
+        }
+    }
+
+    /// The address as the header carries it: no flow label nor scope, IPv4 mapped when the
+    /// header is IPv6.
+    fn canonical(a: SocketAddr, v6: bool) -> SocketAddr {
+        match a {
+            SocketAddr::V4(v4) if v6 => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+            other => SocketAddr::new(other.ip(), other.port()),
+        }
+    }
+
+    proptest::proptest! {
+        /// Any pair of addresses reads back as written (IPv4 mapped into IPv6 when the two
+        /// families differ).
+        #[test]
+        fn every_header_reads_back_as_the_addresses(
+            source in proptest::prelude::any::<SocketAddr>(),
+            destination in proptest::prelude::any::<SocketAddr>(),
+        ) {
+            let h = v2_header(source, destination);
+            let both_v4 = source.is_ipv4() && destination.is_ipv4();
+            let (s, d) = read_back(&h);
+            proptest::prop_assert_eq!(s, canonical(source, !both_v4));
+            proptest::prop_assert_eq!(d, canonical(destination, !both_v4));
+        }
+    }
 }

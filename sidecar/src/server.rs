@@ -6,7 +6,7 @@
 //! `directives`); those lapse by themselves, so the operator's absence changes nothing here.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use ballast_contract::DrainSize;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
+use crate::accept_errors::AcceptErrors;
 use crate::admission::Admission;
 use crate::config::Config;
 use crate::connections::Connections;
@@ -48,9 +49,16 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub config: Config,
     upstream_reachable: AtomicBool,
+    /// Dials to the gateway that failed in a row. One failure only makes the probe look at
+    /// once; readiness fails when the probe cannot connect either, or after
+    /// [`UPSTREAM_FAILURES_IN_A_ROW`] failures, never on a single refused or slow dial.
+    upstream_failures: AtomicU32,
     /// False from SIGTERM on: readiness fails and no connection is accepted.
     accepting: AtomicBool,
 }
+
+/// Failed dials in a row that mark the gateway unreachable without waiting for the probe.
+pub const UPSTREAM_FAILURES_IN_A_ROW: u32 = 3;
 
 impl Shared {
     pub fn new(config: Config, tls: Arc<TlsState>, metrics: Arc<Metrics>) -> Self {
@@ -79,6 +87,7 @@ impl Shared {
             metrics,
             config,
             upstream_reachable: AtomicBool::new(true),
+            upstream_failures: AtomicU32::new(0),
             accepting: AtomicBool::new(true),
         }
     }
@@ -91,7 +100,7 @@ impl Shared {
         Some(self.upstream_sources[i % self.upstream_sources.len()])
     }
 
-    pub fn set_upstream_reachable(&self, reachable: bool) {
+    fn set_upstream_reachable(&self, reachable: bool) {
         let was = self.upstream_reachable.swap(reachable, Ordering::Relaxed);
         self.metrics.upstream_up.set(i64::from(reachable));
         if was != reachable {
@@ -101,6 +110,24 @@ impl Shared {
                 tracing::error!(upstream = %self.upstream, "gateway unreachable; agents are being closed until it returns");
             }
         }
+    }
+
+    /// What an agent's dial to the gateway found. A failure that says nothing about the
+    /// gateway (this process out of file descriptors) is not for this.
+    pub fn upstream_dialed(&self, ok: bool) {
+        if ok {
+            self.upstream_failures.store(0, Ordering::Relaxed);
+            self.set_upstream_reachable(true);
+        } else if self.upstream_failures.fetch_add(1, Ordering::Relaxed) + 1
+            >= UPSTREAM_FAILURES_IN_A_ROW
+        {
+            self.set_upstream_reachable(false);
+        }
+    }
+
+    /// A dial failed since the last success: the probe should look now.
+    fn upstream_suspect(&self) -> bool {
+        self.upstream_failures.load(Ordering::Relaxed) > 0
     }
 
     pub fn upstream_reachable(&self) -> bool {
@@ -215,17 +242,23 @@ async fn wait_for_termination() {
 /// Accepts until told to stop; dropping the listener then closes the socket so new
 /// connections are refused by the kernel and retried elsewhere.
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut errors = AcceptErrors::new("agents", shared.metrics.accept_errors("agents"));
     loop {
         let accepted = tokio::select! {
             _ = stop.changed() => return,
             accepted = listener.accept() => accepted,
         };
         let (tcp, peer) = match accepted {
-            Ok(pair) => pair,
+            Ok(pair) => {
+                errors.recovered();
+                pair
+            }
             Err(err) => {
-                // Typically EMFILE/ENFILE under a storm: back off briefly instead of spinning.
-                tracing::warn!(error = %err, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                let pause = errors.failed(&err, Instant::now());
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
                 continue;
             }
         };
@@ -263,17 +296,24 @@ async fn lapse_directives(shared: Arc<Shared>) {
     }
 }
 
-/// While the gateway is marked unreachable, checks it every second so readiness recovers
-/// without waiting for an agent to try.
+/// Checks the gateway every 100 ms while an agent's dial failed since the last success (so
+/// one failure is confirmed or cleared at once), and every second while it is marked
+/// unreachable (so readiness recovers without waiting for an agent to try).
 async fn probe_upstream(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut first = true;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = None::<Instant>;
     loop {
         tick.tick().await;
-        if shared.upstream_reachable() && !first {
+        let due = if !shared.upstream_reachable() {
+            last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        } else {
+            last.is_none() || shared.upstream_suspect()
+        };
+        if !due {
             continue;
         }
-        first = false;
+        last = Some(Instant::now());
         let ok = tokio::time::timeout(
             shared.upstream_connect_timeout,
             tokio::net::TcpStream::connect(shared.upstream),
@@ -281,6 +321,10 @@ async fn probe_upstream(shared: Arc<Shared>) {
         .await
         .map(|r| r.is_ok())
         .unwrap_or(false);
-        shared.set_upstream_reachable(ok);
+        if ok {
+            shared.upstream_dialed(true);
+        } else {
+            shared.set_upstream_reachable(false);
+        }
     }
 }

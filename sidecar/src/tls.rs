@@ -3,9 +3,14 @@
 //! A reload replaces the `Arc<ServerConfig>` that the accept loop clones for each new
 //! connection. Connections already established keep the session they negotiated: nothing
 //! here ever touches them, which is why a reload cannot drop a connection.
+//!
+//! A renewal is held to what `ballast-certs` checks, and also to the certificate it replaces
+//! (it must keep every name that one served). A key that does not match its certificate is
+//! only believed on the second look: files written one at a time (outside the kubelet's
+//! atomic swap) show a new key beside the old certificate for a moment.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rustls::crypto::CryptoProvider;
@@ -16,7 +21,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use tokio_rustls::TlsAcceptor;
 
-use ballast_certs::{CertificateError, PemFiles, ServingCertificate};
+use ballast_certs::{CertificateError, Expect, PemFiles, ServingCertificate};
 use ballast_contract::clock;
 
 use crate::metrics::Metrics;
@@ -47,9 +52,12 @@ pub struct TlsState {
     client_roots: Option<Arc<RootCertStore>>,
     cert_path: PathBuf,
     key_path: PathBuf,
+    ca_path: Option<PathBuf>,
     current: RwLock<Arc<Served>>,
     last_files: RwLock<PemFiles>,
     last_failure: RwLock<Option<ReloadFailure>>,
+    /// Files whose key did not match their certificate, seen once: refused if seen again.
+    torn: Mutex<Option<PemFiles>>,
 }
 
 /// Always answers with the one certificate it was built with (SNI is not used to choose).
@@ -80,24 +88,33 @@ impl TlsState {
         provider: Arc<CryptoProvider>,
         cert_path: PathBuf,
         key_path: PathBuf,
+        ca_path: Option<PathBuf>,
         client_ca: Option<PathBuf>,
     ) -> Result<Self, StartupError> {
         let client_roots = match client_ca {
             None => None,
             Some(path) => Some(Arc::new(load_roots(&path)?)),
         };
-        let files = PemFiles::read(&cert_path, &key_path)?;
-        let certificate =
-            ballast_certs::validate(&files, &cert_path, &key_path, &provider, SystemTime::now())?;
+        let files = PemFiles::read(&cert_path, &key_path, ca_path.as_deref())?;
+        let certificate = ballast_certs::validate(
+            &files,
+            &cert_path,
+            &key_path,
+            &provider,
+            SystemTime::now(),
+            Expect::default(),
+        )?;
         let served = build(&provider, client_roots.as_ref(), certificate, 1)?;
         Ok(Self {
             provider,
             client_roots,
             cert_path,
             key_path,
+            ca_path,
             current: RwLock::new(Arc::new(served)),
             last_files: RwLock::new(files),
             last_failure: RwLock::new(None),
+            torn: Mutex::new(None),
         })
     }
 
@@ -113,7 +130,7 @@ impl TlsState {
     /// Reads the files and, if they changed, validates and swaps them in. Returns whether a new
     /// pair is now served. A refused pair is remembered so it is reported once, not every poll.
     pub(crate) fn reload_if_changed(&self, metrics: &Metrics) -> bool {
-        let files = match PemFiles::read(&self.cert_path, &self.key_path) {
+        let files = match PemFiles::read(&self.cert_path, &self.key_path, self.ca_path.as_deref()) {
             Ok(files) => files,
             Err(err) => {
                 // The kubelet swaps a symlink, so a read never sees a half-written Secret;
@@ -126,16 +143,35 @@ impl TlsState {
             return false;
         }
         *self.last_files.write().expect("tls state lock") = files.clone();
-        let generation = self.current().generation + 1;
+        let current = self.current();
+        let generation = current.generation + 1;
         let result = ballast_certs::validate(
             &files,
             &self.cert_path,
             &self.key_path,
             &self.provider,
             SystemTime::now(),
+            Expect::replacing(&current.certificate.facts),
         )
         .map_err(StartupError::from)
         .and_then(|c| build(&self.provider, self.client_roots.as_ref(), c, generation));
+        if matches!(
+            result,
+            Err(StartupError::Certificate(CertificateError::KeyMismatch))
+        ) {
+            let mut torn = self.torn.lock().expect("tls state lock");
+            if torn.as_ref() != Some(&files) {
+                // First sight: perhaps the key was written and the certificate is next. Look
+                // again at the next poll before calling it a mismatch.
+                tracing::info!(
+                    "key and certificate do not match yet (written one at a time?); looking again at the next poll"
+                );
+                *torn = Some(files);
+                *self.last_files.write().expect("tls state lock") = PemFiles::default();
+                return false;
+            }
+        }
+        *self.torn.lock().expect("tls state lock") = None;
         match result {
             Ok(served) => {
                 tracing::info!(

@@ -3,10 +3,12 @@
 //! Deciding whether a certificate/key pair may be served, and the facts about it.
 //!
 //! A pair is only ever served after it passed every check here: it parses, the key matches the
-//! leaf, and the leaf is valid now. Anything else is a [`CertificateError`] — the sidecar's
-//! reloader reports it while the previous pair keeps serving, the operator reports it on the
-//! `PresenceCluster`. Both call the same [`validate`] (the operator through [`inspect`]), so
-//! they can never disagree about what is servable.
+//! leaf, the leaf is valid now, the chain leads to the CA bundle when there is one (the
+//! Secret's `ca.crt`), and a renewal keeps every name the certificate it replaces served.
+//! Anything else is a [`CertificateError`] — the sidecar's reloader reports it while the
+//! previous pair keeps serving, the operator reports it on the `PresenceCluster`. Both call the
+//! same [`validate`] (the operator through [`inspect`]), so they can never disagree about what
+//! is servable.
 //!
 //! What is *known* about a pair ([`CertificateFacts`]: fingerprint, validity, names) is plain
 //! data and goes anywhere — status, logs, the operator. What is *served*
@@ -56,6 +58,12 @@ pub enum CertificateError {
     Expired { not_after: String },
     #[error("the leaf certificate is not valid before {not_before}")]
     NotYetValid { not_before: String },
+    #[error("the CA bundle (ca.crt) cannot be used: {0}")]
+    CaBundle(String),
+    #[error("the certificate does not chain to the CA bundle (ca.crt): {0}")]
+    UntrustedChain(String),
+    #[error("the certificate no longer covers {} that the one it replaces served: agents connecting by that name would fail", .dropped.join(", "))]
+    NamesDropped { dropped: Vec<String> },
 }
 
 impl CertificateError {
@@ -68,6 +76,8 @@ impl CertificateError {
             Self::KeyMismatch => "key_mismatch",
             Self::Expired { .. } => "expired",
             Self::NotYetValid { .. } => "not_yet_valid",
+            Self::CaBundle(_) | Self::UntrustedChain(_) => "untrusted_chain",
+            Self::NamesDropped { .. } => "names_dropped",
         }
     }
 }
@@ -108,6 +118,9 @@ impl fmt::Debug for ServingCertificate {
 pub struct PemFiles {
     pub cert: Vec<u8>,
     pub key: Vec<u8>,
+    /// The CA bundle the chain must lead to (a Secret's `ca.crt`); empty when there is none
+    /// (cert-manager leaves `ca.crt` empty for issuers that do not know their root).
+    pub ca: Vec<u8>,
 }
 
 impl fmt::Debug for PemFiles {
@@ -116,24 +129,68 @@ impl fmt::Debug for PemFiles {
         f.debug_struct("PemFiles")
             .field("cert_bytes", &self.cert.len())
             .field("key_bytes", &self.key.len())
+            .field("ca_bytes", &self.ca.len())
             .finish()
     }
 }
 
 impl PemFiles {
-    /// Reads both files, following symlinks (a mounted Secret's `tls.crt` is a link through
-    /// `..data`, which the kubelet swaps atomically, so both files change together).
-    pub fn read(cert: &Path, key: &Path) -> Result<Self, CertificateError> {
+    /// Reads the files, following symlinks. A mounted Secret's files are links through
+    /// `..data`, which the kubelet swaps atomically; files written one by one (a hand-made
+    /// update, another tool) can change between two reads, so the files are read until two
+    /// rounds agree (at most three). A missing CA bundle is no bundle.
+    pub fn read(cert: &Path, key: &Path, ca: Option<&Path>) -> Result<Self, CertificateError> {
         let read = |p: &Path| {
             std::fs::read(p).map_err(|source| CertificateError::Read {
                 path: p.display().to_string(),
                 source,
             })
         };
-        Ok(Self {
-            cert: read(cert)?,
-            key: read(key)?,
-        })
+        let once = || -> Result<Self, CertificateError> {
+            Ok(Self {
+                cert: read(cert)?,
+                key: read(key)?,
+                ca: match ca.map(std::fs::read) {
+                    None => Vec::new(),
+                    Some(Ok(bytes)) => bytes,
+                    Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                    Some(Err(source)) => {
+                        return Err(CertificateError::Read {
+                            path: ca.unwrap_or(cert).display().to_string(),
+                            source,
+                        })
+                    }
+                },
+            })
+        };
+        let mut files = once()?;
+        for _ in 0..2 {
+            let again = once()?;
+            if again == files {
+                break;
+            }
+            files = again;
+        }
+        Ok(files)
+    }
+}
+
+/// What a new pair is held to besides itself: the names of the certificate it replaces.
+/// Every DNS name and IP address that one served must still be covered (exactly, or by a
+/// wildcard), or agents connecting by it would fail. Empty: nothing to keep (a first load).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Expect<'a> {
+    pub keep_dns_names: &'a [String],
+    pub keep_ip_addresses: &'a [String],
+}
+
+impl<'a> Expect<'a> {
+    /// A renewal of the certificate `served`.
+    pub fn replacing(served: &'a CertificateFacts) -> Self {
+        Self {
+            keep_dns_names: &served.dns_names,
+            keep_ip_addresses: &served.ip_addresses,
+        }
     }
 }
 
@@ -144,6 +201,7 @@ pub fn validate(
     key_path: &Path,
     provider: &CryptoProvider,
     now: SystemTime,
+    expect: Expect<'_>,
 ) -> Result<ServingCertificate, CertificateError> {
     let cert_name = cert_path.display().to_string();
     let key_name = key_path.display().to_string();
@@ -171,10 +229,8 @@ pub fn validate(
     let (dns_names, ip_addresses) = subject_alt_names(&parsed);
     let not_before = parsed.validity().not_before.timestamp();
     let not_after = parsed.validity().not_after.timestamp();
-    let now = now
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = since_epoch.as_secs() as i64;
     if now > not_after {
         return Err(CertificateError::Expired {
             not_after: clock::rfc3339(not_after),
@@ -198,6 +254,11 @@ pub fn validate(
         }
         Err(_) => return Err(CertificateError::KeyMismatch),
     }
+    check_chain(&certified.cert, &files.ca, provider, since_epoch)?;
+    let dropped = dropped_names(&expect, &dns_names, &ip_addresses);
+    if !dropped.is_empty() {
+        return Err(CertificateError::NamesDropped { dropped });
+    }
 
     Ok(ServingCertificate {
         facts: CertificateFacts {
@@ -219,8 +280,72 @@ pub fn inspect(
     key_path: &Path,
     provider: &CryptoProvider,
     now: SystemTime,
+    expect: Expect<'_>,
 ) -> Result<CertificateFacts, CertificateError> {
-    validate(files, cert_path, key_path, provider, now).map(|served| served.facts)
+    validate(files, cert_path, key_path, provider, now, expect).map(|served| served.facts)
+}
+
+/// The chain (leaf first, then the intermediates as served) must lead to a certificate of
+/// the CA bundle, every link valid now. No bundle (or one of whitespace only) is no check:
+/// issuers that do not know their root leave `ca.crt` empty.
+fn check_chain(
+    chain: &[CertificateDer<'static>],
+    ca_pem: &[u8],
+    provider: &CryptoProvider,
+    since_epoch: std::time::Duration,
+) -> Result<(), CertificateError> {
+    if ca_pem.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(ca_pem) {
+        let ca = ca.map_err(|e| CertificateError::CaBundle(e.to_string()))?;
+        roots
+            .add(ca)
+            .map_err(|e| CertificateError::CaBundle(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(CertificateError::CaBundle(
+            "holds no PEM certificate".into(),
+        ));
+    }
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Err(CertificateError::UntrustedChain("no certificate".into()));
+    };
+    let leaf = rustls::server::ParsedCertificate::try_from(leaf)
+        .map_err(|e| CertificateError::UntrustedChain(e.to_string()))?;
+    rustls::client::verify_server_cert_signed_by_trust_anchor(
+        &leaf,
+        &roots,
+        intermediates,
+        rustls_pki_types::UnixTime::since_unix_epoch(since_epoch),
+        provider.signature_verification_algorithms.all,
+    )
+    .map_err(|e| CertificateError::UntrustedChain(e.to_string()))
+}
+
+/// The names to keep that a certificate with `dns` and `ips` no longer covers.
+fn dropped_names(keep: &Expect<'_>, dns: &[String], ips: &[String]) -> Vec<String> {
+    let covered = |name: &String| {
+        dns.iter()
+            .any(|n| n.eq_ignore_ascii_case(name) || wildcard_covers(n, name))
+    };
+    keep.keep_dns_names
+        .iter()
+        .filter(|n| !covered(n))
+        .chain(keep.keep_ip_addresses.iter().filter(|ip| !ips.contains(ip)))
+        .cloned()
+        .collect()
+}
+
+/// `*.example.com` covers `a.example.com`, never `example.com` nor `a.b.example.com`.
+fn wildcard_covers(pattern: &str, name: &str) -> bool {
+    let Some(suffix) = pattern.strip_prefix("*.") else {
+        return false;
+    };
+    name.split_once('.').is_some_and(|(label, rest)| {
+        !label.is_empty() && label != "*" && rest.eq_ignore_ascii_case(suffix)
+    })
 }
 
 /// DNS names and IP addresses of the leaf's subjectAltName. The names are facts for display,
@@ -279,6 +404,7 @@ mod tests {
         PemFiles {
             cert: cert.pem().into_bytes(),
             key: key.serialize_pem().into_bytes(),
+            ca: Vec::new(),
         }
     }
 
@@ -295,6 +421,7 @@ mod tests {
             Path::new("tls.key"),
             &provider,
             day(now_days),
+            Expect::default(),
         )
     }
 
@@ -327,9 +454,10 @@ mod tests {
         let provider = rustls::crypto::ring::default_provider();
         let files = pair(0, 30);
         let (cert, key) = (Path::new("tls.crt"), Path::new("tls.key"));
-        let facts: CertificateFacts = inspect(&files, cert, key, &provider, day(1)).unwrap();
+        let facts: CertificateFacts =
+            inspect(&files, cert, key, &provider, day(1), Expect::default()).unwrap();
         assert_eq!(facts, check(&files, 1).unwrap().facts);
-        let err = inspect(&files, cert, key, &provider, day(31)).unwrap_err();
+        let err = inspect(&files, cert, key, &provider, day(31), Expect::default()).unwrap_err();
         assert_eq!(err.metric_label(), "expired");
     }
 
@@ -368,6 +496,7 @@ mod tests {
         let mismatch = PemFiles {
             cert: good.cert.clone(),
             key: pair(0, 30).key,
+            ca: Vec::new(),
         };
         assert_eq!(
             check(&mismatch, 1).unwrap_err().metric_label(),
@@ -376,12 +505,243 @@ mod tests {
         let no_key = PemFiles {
             cert: good.cert.clone(),
             key: b"nothing here".to_vec(),
+            ca: Vec::new(),
         };
         assert_eq!(check(&no_key, 1).unwrap_err().metric_label(), "bad_key");
         let garbage = PemFiles {
             cert: b"garbage".to_vec(),
             key: good.key.clone(),
+            ca: Vec::new(),
         };
         assert_eq!(check(&garbage, 1).unwrap_err().metric_label(), "malformed");
+    }
+
+    /// A CA (or intermediate, when `parent` is given) valid from day 0 to day 365.
+    fn authority(
+        name: &str,
+        parent: Option<&(rcgen::Certificate, rcgen::KeyPair)>,
+    ) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let start = rcgen::date_time_ymd(2026, 11, 24);
+        params.not_before = start;
+        params.not_after = start + Duration::from_secs(365 * 86_400);
+        let cert = match parent {
+            None => params.self_signed(&key).unwrap(),
+            Some((pc, pk)) => params.signed_by(&key, pc, pk).unwrap(),
+        };
+        (cert, key)
+    }
+
+    /// A leaf for `sans` signed by `issuer`, served with `extra` after it (the intermediates).
+    fn leaf(
+        sans: &[&str],
+        issuer: &(rcgen::Certificate, rcgen::KeyPair),
+        extra: &[&rcgen::Certificate],
+        ca: &rcgen::Certificate,
+    ) -> PemFiles {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let sans = sans.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut params = rcgen::CertificateParams::new(sans).unwrap();
+        let start = rcgen::date_time_ymd(2026, 11, 24);
+        params.not_before = start;
+        params.not_after = start + Duration::from_secs(30 * 86_400);
+        let cert = params.signed_by(&key, &issuer.0, &issuer.1).unwrap();
+        let mut pem = cert.pem();
+        for c in extra {
+            pem.push_str(&c.pem());
+        }
+        PemFiles {
+            cert: pem.into_bytes(),
+            key: key.serialize_pem().into_bytes(),
+            ca: ca.pem().into_bytes(),
+        }
+    }
+
+    #[test]
+    fn a_pair_must_chain_to_the_ca_bundle_through_the_intermediates_it_serves() {
+        let root = authority("root", None);
+        let right = authority("intermediate", Some(&root));
+        let wrong = authority("intermediate", Some(&root));
+        let good = leaf(&["edge.example.com"], &right, &[&right.0], &root.0);
+        check(&good, 1).unwrap();
+
+        // Renewed with the wrong intermediate (same name, another key).
+        let bad = leaf(&["edge.example.com"], &right, &[&wrong.0], &root.0);
+        let err = check(&bad, 1).unwrap_err();
+        assert_eq!(err.metric_label(), "untrusted_chain", "{err}");
+        assert!(err.to_string().contains("ca.crt"), "{err}");
+
+        // Without its intermediate.
+        let missing = leaf(&["edge.example.com"], &right, &[], &root.0);
+        assert_eq!(
+            check(&missing, 1).unwrap_err().metric_label(),
+            "untrusted_chain"
+        );
+
+        // Signed by another CA altogether.
+        let other = authority("other", None);
+        let foreign = leaf(&["edge.example.com"], &other, &[], &root.0);
+        assert_eq!(
+            check(&foreign, 1).unwrap_err().metric_label(),
+            "untrusted_chain"
+        );
+
+        // The issuing CA itself may be the bundle (cert-manager's CA Issuer writes it).
+        let direct = leaf(&["edge.example.com"], &right, &[], &right.0);
+        check(&direct, 1).unwrap();
+    }
+
+    #[test]
+    fn no_bundle_is_no_chain_check_and_a_broken_bundle_is_refused() {
+        let mut files = pair(0, 30);
+        files.ca = b"\n  \n".to_vec();
+        check(&files, 1).unwrap();
+        files.ca = b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n".to_vec();
+        let err = check(&files, 1).unwrap_err();
+        assert_eq!(err.metric_label(), "untrusted_chain", "{err}");
+        files.ca = b"no PEM at all".to_vec();
+        assert_eq!(
+            check(&files, 1).unwrap_err().metric_label(),
+            "untrusted_chain"
+        );
+    }
+
+    #[test]
+    fn a_renewal_keeps_every_name_the_previous_certificate_served() {
+        let provider = rustls::crypto::ring::default_provider();
+        let judge = |files: &PemFiles, previous: &CertificateFacts| {
+            validate(
+                files,
+                Path::new("tls.crt"),
+                Path::new("tls.key"),
+                &provider,
+                day(1),
+                Expect::replacing(previous),
+            )
+        };
+        let before = check(
+            &pair_for(
+                &["edge.example.com", "Edge-1.example.com", "127.0.0.1"],
+                0,
+                30,
+            ),
+            1,
+        )
+        .unwrap()
+        .facts;
+        // The same names, a wildcard for one of them, more names: all fine.
+        judge(
+            &pair_for(
+                &["edge.example.com", "edge-1.example.com", "127.0.0.1"],
+                0,
+                30,
+            ),
+            &before,
+        )
+        .unwrap();
+        judge(
+            &pair_for(
+                &["edge.example.com", "*.example.com", "127.0.0.1", "::1"],
+                0,
+                30,
+            ),
+            &before,
+        )
+        .unwrap();
+        // An IP address and a name dropped: refused, naming both.
+        let err = judge(&pair_for(&["edge.example.com"], 0, 30), &before).unwrap_err();
+        assert_eq!(err.metric_label(), "names_dropped");
+        let text = err.to_string();
+        assert!(
+            text.contains("Edge-1.example.com") && text.contains("127.0.0.1"),
+            "{text}"
+        );
+        // A wildcard covers one label only.
+        let err = judge(
+            &pair_for(&["*.edge.example.com", "127.0.0.1"], 0, 30),
+            &before,
+        )
+        .unwrap_err();
+        assert_eq!(err.metric_label(), "names_dropped");
+    }
+
+    #[test]
+    fn wildcards_cover_one_label() {
+        assert!(wildcard_covers("*.example.com", "a.example.com"));
+        assert!(wildcard_covers("*.example.com", "A.EXAMPLE.com"));
+        assert!(!wildcard_covers("*.example.com", "example.com"));
+        assert!(!wildcard_covers("*.example.com", "a.b.example.com"));
+        assert!(!wildcard_covers("*.example.com", "*.example.com"));
+        assert!(!wildcard_covers("a.example.com", "a.example.com"));
+    }
+
+    #[test]
+    fn files_read_together_and_a_missing_bundle_is_none() {
+        let dir = std::env::temp_dir().join(format!("ballast-certs-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = pair(0, 30);
+        std::fs::write(dir.join("tls.crt"), &files.cert).unwrap();
+        std::fs::write(dir.join("tls.key"), &files.key).unwrap();
+        let read = PemFiles::read(
+            &dir.join("tls.crt"),
+            &dir.join("tls.key"),
+            Some(&dir.join("ca.crt")),
+        )
+        .unwrap();
+        assert_eq!(read, files);
+        std::fs::write(dir.join("ca.crt"), b"bundle").unwrap();
+        let read = PemFiles::read(
+            &dir.join("tls.crt"),
+            &dir.join("tls.key"),
+            Some(&dir.join("ca.crt")),
+        )
+        .unwrap();
+        assert_eq!(read.ca, b"bundle");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// Whatever bytes the Secret holds, loading answers with an error, never a panic, and
+        /// never serves them.
+        #[test]
+        fn garbage_is_refused_with_a_reason(
+            cert in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            key in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            ca in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ) {
+            let files = PemFiles { cert, key, ca };
+            let err = check(&files, 1).unwrap_err();
+            proptest::prop_assert!(!err.metric_label().is_empty());
+        }
+
+        /// A good pair beside a mangled CA bundle: refused as untrusted, or served when what is
+        /// left still names the same CA (anchors are a subject and a key, so a flipped bit in
+        /// the root's own signature changes nothing) or nothing at all (no bundle, no check).
+        #[test]
+        fn a_mangled_bundle_is_refused_as_untrusted(cut in 0usize..400, flip in 0usize..400) {
+            let root = authority("root", None);
+            let mut files = leaf(&["edge.example.com"], &root, &[], &root.0);
+            let mut ca = files.ca.clone();
+            ca.truncate(cut.min(ca.len()));
+            if let Some(b) = ca.get_mut(flip) {
+                *b ^= 0x20;
+            }
+            files.ca = ca;
+            match check(&files, 1) {
+                Ok(_) => proptest::prop_assert!(
+                    files.ca.iter().all(u8::is_ascii_whitespace)
+                        || CertificateDer::pem_slice_iter(&files.ca).flatten().count() > 0,
+                    "served beside a bundle with no certificate"
+                ),
+                Err(e) => proptest::prop_assert_eq!(e.metric_label(), "untrusted_chain"),
+            }
+        }
     }
 }

@@ -39,11 +39,18 @@ pub struct DrainRequest {
 impl DrainRequest {
     /// Longest window a drain may be spread over.
     pub const MAX_SECONDS: f64 = 7.0 * 86_400.0;
+    /// Shortest window: a drain spreads its closes; 0 would close them all at once, the very
+    /// reconnect storm drains exist to prevent.
+    pub const MIN_SECONDS: f64 = 1.0;
 
     /// Checks what serde cannot: a window that is a real, bounded duration.
     pub fn validate(&self) -> Result<Duration, String> {
-        if !self.over_seconds.is_finite() || self.over_seconds < 0.0 {
-            return Err("over_seconds must be a non-negative number".into());
+        if !self.over_seconds.is_finite() || self.over_seconds < Self::MIN_SECONDS {
+            return Err(format!(
+                "over_seconds must be at least {}: a drain spreads its closes over a window, and closing every connection at once is the reconnect storm it exists to prevent (not {})",
+                Self::MIN_SECONDS,
+                self.over_seconds
+            ));
         }
         if self.over_seconds > Self::MAX_SECONDS {
             return Err("over_seconds must be at most a week".into());
@@ -57,6 +64,11 @@ impl DrainRequest {
 pub struct DrainProgress {
     /// Connections this drain will close (fixed when it starts).
     pub target: usize,
+    /// Closes asked so far.
+    #[serde(default)]
+    pub asked: usize,
+    /// Asked connections that have really closed (a stalled peer takes up to the write
+    /// timeout).
     pub closed: usize,
     pub over_seconds: f64,
     /// RFC 3339.
@@ -96,13 +108,17 @@ mod tests {
             connections: DrainSize::ALL,
             over_seconds,
         };
-        assert_eq!(request(0.0).validate(), Ok(Duration::ZERO));
+        assert_eq!(request(1.0).validate(), Ok(Duration::from_secs(1)));
         assert_eq!(request(2.5).validate(), Ok(Duration::from_millis(2500)));
+        let zero = request(0.0).validate().unwrap_err();
+        assert!(zero.contains("at least 1"), "{zero}");
         assert_eq!(
             request(DrainRequest::MAX_SECONDS).validate(),
             Ok(Duration::from_secs(7 * 86_400))
         );
         for bad in [
+            0.0,
+            0.999,
             -0.001,
             f64::NAN,
             f64::INFINITY,
@@ -144,6 +160,7 @@ mod tests {
     fn progress_round_trips() {
         let progress = DrainProgress {
             target: 4,
+            asked: 4,
             closed: 3,
             over_seconds: 4.0,
             started_at: "2026-11-24T10:00:00Z".into(),

@@ -89,6 +89,26 @@ pub struct ServedCertificate {
     pub not_after: String,
     /// Increases with every certificate loaded.
     pub generation: u64,
+    /// The leaf's DNS names and IP addresses: a renewal must keep them all, and the operator
+    /// judges the Secret's next certificate against what the pods serve.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dns_names: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ip_addresses: Vec<String>,
+    /// The last certificate the sidecar refused (the Secret changed, the new pair failed a
+    /// check, the old one keeps serving), until a later one is served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<RefusedCertificate>,
+}
+
+/// A certificate the sidecar would not serve.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RefusedCertificate {
+    /// `malformed`, `bad_key`, `key_mismatch`, `expired`, `not_yet_valid`, `untrusted_chain`,
+    /// `names_dropped`, `unreadable`.
+    pub reason: String,
+    pub message: String,
 }
 
 /// The operator's answer to a report.
@@ -209,6 +229,12 @@ mod tests {
                 sha256: "ab".repeat(32),
                 not_after: "2027-01-01T00:00:00Z".into(),
                 generation: 2,
+                dns_names: vec!["edge.example.com".into()],
+                ip_addresses: vec!["127.0.0.1".into()],
+                refused: Some(RefusedCertificate {
+                    reason: "names_dropped".into(),
+                    message: "the certificate no longer covers ::1".into(),
+                }),
             },
             max_connections: 50_000,
             max_handshakes_per_second: 500,

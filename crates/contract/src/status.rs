@@ -101,6 +101,7 @@ mod tests {
             ready: true,
             draining: Some(DrainProgress {
                 target: 300,
+                asked: 13,
                 closed: 12,
                 over_seconds: 30.0,
                 started_at: "2026-11-24T10:00:00Z".into(),

@@ -466,6 +466,11 @@ pub const OPERATOR_NS: &str = "ballast-system";
 /// `helm install` of the chart as the suites use it: `replicas` operator replicas, pods bound
 /// to their own address, a 2 s resync, the report channel on this cluster's loopback address.
 pub fn install_operator(lc: &LocalCluster, replicas: usize) {
+    install_operator_with(lc, replicas, &[]);
+}
+
+/// [`install_operator`] with more `helm install` arguments (`--set key=value`…).
+pub fn install_operator_with(lc: &LocalCluster, replicas: usize, extra: &[&str]) {
     let chart = workspace().join("charts/ballast");
     let replicas = format!("replicas={replicas}");
     let mut args = vec![
@@ -497,6 +502,7 @@ pub fn install_operator(lc: &LocalCluster, replicas: usize) {
     if let Some(level) = &level {
         args.extend(["--set", level.as_str()]);
     }
+    args.extend(extra);
     let (ok, out) = lc.run("helm", &args);
     assert!(ok, "helm install failed:\n{out}");
 }
@@ -504,9 +510,20 @@ pub fn install_operator(lc: &LocalCluster, replicas: usize) {
 /// The examples' namespace, CA Issuer and Certificate; returns the CA once cert-manager has
 /// issued `agents-tls`.
 pub async fn apply_examples(lc: &LocalCluster) -> String {
-    for file in ["namespace.yaml", "issuer.yaml", "certificate.yaml"] {
+    // In the order cert-manager can issue them, each waited for: the CA (its Secret), the
+    // Issuer that signs with it (NotReady while that Secret is missing), the serving
+    // certificate.
+    for (file, ready) in [
+        ("namespace.yaml", None),
+        ("ca.yaml", Some("certificate/presence-ca")),
+        ("issuer.yaml", Some("issuer/presence-ca")),
+        ("certificate.yaml", Some("certificate/agents-tls")),
+    ] {
         let (ok, out) = apply(lc, file, &example(file));
         assert!(ok, "{file}: {out}");
+        if let Some(what) = ready {
+            cert_manager_ready(lc, what);
+        }
     }
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(lc.client.clone(), NS);
     eventually(
@@ -523,6 +540,42 @@ pub async fn apply_examples(lc: &LocalCluster) -> String {
         },
     )
     .await
+}
+
+/// Waits for cert-manager's `what` (`certificate/NAME`, `issuer/NAME`) to be Ready; on a
+/// timeout, fails with its description and cert-manager's last log lines.
+pub fn cert_manager_ready(lc: &LocalCluster, what: &str) {
+    let t = Instant::now();
+    let (ok, out) = lc.run(
+        "kubectl",
+        &[
+            "-n",
+            NS,
+            "wait",
+            "--for=condition=Ready",
+            what,
+            "--timeout=90s",
+        ],
+    );
+    if ok {
+        step!(
+            "cert-manager: {what} Ready in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
+        return;
+    }
+    let (_, described) = lc.run("kubectl", &["-n", NS, "describe", what]);
+    let (_, requests) = lc.run(
+        "kubectl",
+        &["-n", NS, "get", "certificaterequests", "-o", "wide"],
+    );
+    let log = std::fs::read_to_string(lc.dir.join("logs/cert-manager.log")).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    panic!(
+        "cert-manager: {what} not Ready after 90s: {out}\n{described}\n{requests}\n--- cert-manager's log:\n{}",
+        tail.join("\n")
+    );
 }
 
 pub fn prc_api(lc: &LocalCluster) -> Api<DynamicObject> {

@@ -57,6 +57,8 @@ impl Drop for TempDir {
 pub struct SecretVolume {
     pub dir: TempDir,
     version: AtomicUsize,
+    /// `ca.crt`, written with every update once set (cert-manager keeps it in the Secret).
+    ca: std::sync::Mutex<Option<String>>,
 }
 
 impl SecretVolume {
@@ -64,12 +66,37 @@ impl SecretVolume {
         let volume = Self {
             dir: TempDir::new("secret"),
             version: AtomicUsize::new(0),
+            ca: std::sync::Mutex::new(None),
         };
         volume.update(cert_pem, key_pem);
-        for name in ["tls.crt", "tls.key"] {
+        for name in ["tls.crt", "tls.key", "ca.crt"] {
             std::os::unix::fs::symlink(format!("..data/{name}"), volume.dir.0.join(name)).unwrap();
         }
         volume
+    }
+
+    /// A Secret with `ca.crt` too.
+    pub fn with_ca(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Self {
+        let volume = Self::new(cert_pem, key_pem);
+        *volume.ca.lock().unwrap() = Some(ca_pem.to_owned());
+        volume.update(cert_pem, key_pem);
+        volume
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.0.join("ca.crt")
+    }
+
+    /// Not the kubelet's way: the key file rewritten in place, the certificate not yet.
+    pub fn write_key_in_place(&self, key_pem: &str) {
+        let data = std::fs::read_link(self.dir.0.join("..data")).unwrap();
+        std::fs::write(self.dir.0.join(data).join("tls.key"), key_pem).unwrap();
+    }
+
+    /// The certificate file rewritten in place (after [`Self::write_key_in_place`]).
+    pub fn write_cert_in_place(&self, cert_pem: &str) {
+        let data = std::fs::read_link(self.dir.0.join("..data")).unwrap();
+        std::fs::write(self.dir.0.join(data).join("tls.crt"), cert_pem).unwrap();
     }
 
     pub fn cert_path(&self) -> PathBuf {
@@ -88,6 +115,9 @@ impl SecretVolume {
         std::fs::create_dir_all(&data).unwrap();
         std::fs::write(data.join("tls.crt"), cert_pem).unwrap();
         std::fs::write(data.join("tls.key"), key_pem).unwrap();
+        if let Some(ca) = self.ca.lock().unwrap().as_deref() {
+            std::fs::write(data.join("ca.crt"), ca).unwrap();
+        }
         let tmp = self.dir.0.join("..data_tmp");
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(&stamp, &tmp).unwrap();
