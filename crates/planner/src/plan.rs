@@ -271,6 +271,23 @@ pub fn plan(spec: &Spec, obs: &Observation, state: &State) -> Plan {
         (c - tg).abs() > (tg * tol).max(slack)
     };
     let slack = t.min_move as f64;
+    // While a reconnectExisting window moves every connection on the older certificate, the
+    // reconnecting agents spread over the pods as the load balancer sends them: a small
+    // imbalance evens out by itself, and steering them all to the one or two pods below target
+    // would leave room for only a fraction of the window's pace (a CI run fell behind, then
+    // caught up at twice its share). Only an imbalance beyond twice the tolerance (a new or
+    // refilled pod) starts an episode then.
+    let rehandshaking = spec.reconnect_within.is_some()
+        && serving.iter().any(|&i| {
+            reports[i]
+                .as_ref()
+                .is_some_and(|r| r.on_older_certificate > 0)
+        });
+    let start_tolerance = if rehandshaking {
+        spec.tolerance * 2.0
+    } else {
+        spec.tolerance
+    };
     if !spec.rebalance {
         st.rebalance = None;
     } else {
@@ -292,7 +309,7 @@ pub fn plan(spec: &Spec, obs: &Observation, state: &State) -> Plan {
             None => {
                 if serving
                     .iter()
-                    .any(|&i| out_of_band(i, spec.tolerance, slack))
+                    .any(|&i| out_of_band(i, start_tolerance, slack))
                 {
                     let donors: BTreeSet<String> = serving
                         .iter()

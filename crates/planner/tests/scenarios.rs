@@ -245,6 +245,33 @@ fn older_certificates_are_moved_at_the_rate_the_window_needs() {
 }
 
 #[test]
+fn a_small_imbalance_during_a_window_is_left_to_the_reconnects() {
+    let mut s = spec();
+    s.reconnect_within = Some(60.0);
+    // 10.4 % over the mean: beyond the 10 % tolerance, within twice it.
+    let mut m = Model::new(&[918, 1_104, 978]);
+    for p in &mut m.pods {
+        p.older = p.connections;
+    }
+    let p = m.step(&s);
+    assert!(m.state.rebalance.is_none(), "no episode");
+    assert!(p.pods.iter().all(|p| p.accepting), "nobody steered away");
+    assert!(p.closes > 0, "the window's pace goes on");
+    // The same counts with everyone on the current certificate: an episode, as always.
+    let mut m = Model::new(&[918, 1_104, 978]);
+    m.step(&s);
+    assert!(m.state.rebalance.is_some());
+    // A new pod during a window is far beyond twice the tolerance: filled as usual.
+    let mut m = Model::new(&[1_500, 1_500, 0]);
+    for p in &mut m.pods {
+        p.older = p.connections;
+    }
+    let p = m.step(&s);
+    assert!(m.state.rebalance.is_some());
+    assert!(!p.accepting("gw-0") && p.accepting("gw-2"));
+}
+
+#[test]
 fn a_window_the_budget_cannot_meet_is_reported() {
     let mut s = spec();
     s.reconnect_within = Some(10.0);
