@@ -171,15 +171,11 @@ impl Observer {
         let reports = self
             .hub
             .reports_of(ns, name, now.checked_sub(FRESH).unwrap_or(now));
-        let (keep_dns, keep_ip) = validate::served_names(reports.values().map(|r| &r.report));
-        let certificate = validate::secret(
+        let certificate = validate::renewal(
             secret.as_ref(),
             secret_name,
             SystemTime::now(),
-            ballast_certs::Expect {
-                keep_dns_names: &keep_dns,
-                keep_ip_addresses: &keep_ip,
-            },
+            reports.values().map(|r| &r.report),
         );
         mem.not_after = certificate.as_ref().ok().map(|c| c.not_after);
         let aligned = mem.not_after.map_or_else(Vec::new, |not_after| {

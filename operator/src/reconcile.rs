@@ -98,15 +98,11 @@ pub async fn reconcile(prc: Arc<PresenceCluster>, ctx: Arc<Context>) -> Result<A
         &name,
         now.checked_sub(crate::observer::FRESH).unwrap_or(now),
     );
-    let (keep_dns, keep_ip) = validate::served_names(reports.values().map(|r| &r.report));
-    let certificate = validate::secret(
+    let certificate = validate::renewal(
         secret.as_ref(),
         secret_name,
         SystemTime::now(),
-        ballast_certs::Expect {
-            keep_dns_names: &keep_dns,
-            keep_ip_addresses: &keep_ip,
-        },
+        reports.values().map(|r| &r.report),
     );
     let problem = validate::template(&prc)
         .err()

@@ -143,10 +143,30 @@ pub fn secret(
     })
 }
 
+/// [`secret`], held to the names the pods serve now (see [`served_names`]): how the reconcile
+/// and the observer judge a renewal alike.
+pub fn renewal<'a>(
+    secret_object: Option<&Secret>,
+    name: &str,
+    now: SystemTime,
+    served: impl Iterator<Item = &'a Report>,
+) -> Result<CertificateFacts, Problem> {
+    let (dns, ips) = served_names(served);
+    secret(
+        secret_object,
+        name,
+        now,
+        Expect {
+            keep_dns_names: &dns,
+            keep_ip_addresses: &ips,
+        },
+    )
+}
+
 /// The names a Secret's next certificate must keep: those of the certificate most reporting
 /// pods serve (the one it replaces). None when no pod reports: then nothing is served that
 /// could be broken, and a sidecar that starts takes any valid pair as well.
-pub fn served_names<'a>(reports: impl Iterator<Item = &'a Report>) -> (Vec<String>, Vec<String>) {
+fn served_names<'a>(reports: impl Iterator<Item = &'a Report>) -> (Vec<String>, Vec<String>) {
     let mut by_sha: HashMap<&str, (usize, &ServedCertificate)> = HashMap::new();
     for r in reports {
         by_sha

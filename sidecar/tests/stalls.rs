@@ -12,7 +12,6 @@ use ballast_fleet::agents::Fleet;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 
 /// A gateway that writes to every connection as fast as it is read, counting the bytes.
 struct Flood {
@@ -71,27 +70,6 @@ impl Drop for Flood {
     }
 }
 
-/// A TLS client that completes its handshake and then never reads (nor writes).
-async fn silent_client(addr: SocketAddr, ca_pem: &str) -> TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    connector
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .unwrap()
-}
-
 fn closed(sidecar: &Sidecar, cause: &str) -> f64 {
     sidecar.metric(&format!(
         "ballast_sidecar_connections_closed_total{{cause=\"{cause}\"}}"
@@ -108,7 +86,7 @@ async fn a_drain_finishes_on_time_with_a_peer_that_stopped_reading() {
     // The default write timeout (30 s) is far beyond this test's wait: only the drain's own
     // close can end the connection in time.
     let sidecar = Sidecar::start(&volume, flood.addr, &[]);
-    let _stalled = silent_client(sidecar.listen, &pki.ca.cert_pem()).await;
+    let _stalled = tls_connect(sidecar.listen, &pki.ca.cert_pem()).await;
     flood.wait_stalled().await;
     assert_eq!(sidecar.metric("ballast_sidecar_connections"), 1.0);
 
@@ -141,7 +119,7 @@ async fn a_peer_that_stops_reading_is_cut_after_the_write_timeout() {
     let volume = SecretVolume::new(&cert.cert_pem, &cert.key_pem);
     let flood = Flood::start().await;
     let sidecar = Sidecar::start(&volume, flood.addr, &["--write-timeout", "2s"]);
-    let _stalled = silent_client(sidecar.listen, &pki.ca.cert_pem()).await;
+    let _stalled = tls_connect(sidecar.listen, &pki.ca.cert_pem()).await;
     let start = Instant::now();
     sidecar.wait_for(Duration::from_secs(30), |s| closed(s, "timeout") == 1.0);
     // Not before the writes could have stalled for 2 s.
@@ -166,7 +144,7 @@ async fn a_silent_connection_is_closed_after_the_idle_timeout_and_heartbeats_are
         .wait_connected(20, Duration::from_secs(30))
         .await
         .unwrap();
-    let mut silent = silent_client(sidecar.listen, &pki.ca.cert_pem()).await;
+    let mut silent = tls_connect(sidecar.listen, &pki.ca.cert_pem()).await;
     let start = Instant::now();
     // The sidecar closes it with close_notify: a clean end of stream for the client.
     let mut sink = [0u8; 64];

@@ -343,7 +343,11 @@ pub fn http(
 }
 
 /// Fingerprint of the leaf a fresh TLS handshake with `addr` presents.
-pub async fn handshake_fingerprint(addr: SocketAddr, ca_pem: &str) -> String {
+/// A TLS connection to `addr` (as `localhost`), trusting `ca_pem`, handshake done.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    ca_pem: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
@@ -357,10 +361,14 @@ pub async fn handshake_fingerprint(addr: SocketAddr, ca_pem: &str) -> String {
     .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = connector
+    connector
         .connect("localhost".try_into().unwrap(), tcp)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+pub async fn handshake_fingerprint(addr: SocketAddr, ca_pem: &str) -> String {
+    let tls = tls_connect(addr, ca_pem).await;
     let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
     ballast_fleet::certs::sha256_hex(&leaf)
 }
