@@ -184,3 +184,46 @@ async fn slowloris_and_garbage_clients_are_cut_and_nobody_else_notices() {
     assert_eq!(summary.disconnects, 0, "{}", brief(&summary));
     assert!(summary.pongs > 0);
 }
+
+/// Under an open-file limit too small for `--max-connections`, the sidecar clamps it (two
+/// descriptors per agent, 128 kept for the rest) and says so: agents beyond it are refused
+/// cleanly before the handshake instead of running the process out of descriptors, and the
+/// agents it holds keep heartbeating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_is_clamped_to_the_open_file_limit() {
+    let _serial = serial().await;
+    let pki = Pki::new();
+    let cert = pki.issue();
+    let volume = SecretVolume::new(&cert.cert_pem, &cert.key_pem);
+    let gateway = Gateway::start("pod-0").await;
+    // (256 − 128) / 2 = 64 agents.
+    let sidecar = Sidecar::start_with_open_files(&volume, gateway.addr, &[], Some(256));
+    assert!(
+        sidecar.log_text().contains("clamped"),
+        "{}",
+        sidecar.log_text()
+    );
+    assert_eq!(sidecar.status()["limits"]["max_connections"], 64);
+    let mut config = fleet_config(sidecar.listen, 100, &pki.ca.cert_pem());
+    config.backoff_base = Duration::from_millis(500);
+    config.backoff_cap = Duration::from_secs(2);
+    let fleet = Fleet::start(config).unwrap();
+    sidecar.wait_for(Duration::from_secs(30), |s| {
+        s.metric("ballast_sidecar_connections_refused_total{reason=\"max_connections\"}") >= 10.0
+    });
+    let connected = fleet.stats().connected;
+    assert!(connected <= 64, "{connected} connected past the clamp");
+    // The ones it holds keep heartbeating.
+    let pongs = fleet.stats().pongs;
+    let start = std::time::Instant::now();
+    while fleet.stats().pongs < pongs + 2 * connected as u64 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "heartbeats stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, _) = sidecar.get("/healthz").unwrap();
+    assert_eq!(code, 200);
+    fleet.stop().await;
+}

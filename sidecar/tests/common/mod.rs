@@ -188,11 +188,30 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts the binary and waits until `/healthz` answers.
     pub fn start(volume: &SecretVolume, upstream: SocketAddr, extra: &[&str]) -> Self {
+        Self::start_with_open_files(volume, upstream, extra, None)
+    }
+
+    /// [`Self::start`] under an open-file limit (soft and hard), through `prlimit`.
+    pub fn start_with_open_files(
+        volume: &SecretVolume,
+        upstream: SocketAddr,
+        extra: &[&str],
+        open_files: Option<u64>,
+    ) -> Self {
         let listen = free_addr();
         let admin = free_addr();
         let logdir = TempDir::new("log");
         let log = logdir.0.join("sidecar.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_ballast-sidecar"))
+        let binary = env!("CARGO_BIN_EXE_ballast-sidecar");
+        let mut command = match open_files {
+            None => Command::new(binary),
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(binary);
+                c
+            }
+        };
+        let child = command
             .args(["--listen", &listen.to_string()])
             .args(["--admin", &admin.to_string()])
             .args(["--upstream", &upstream.to_string()])
