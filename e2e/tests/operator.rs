@@ -914,6 +914,17 @@ async fn operator_end_to_end() {
         .replace("replicas: 3", "replicas: -1");
     let (ok, out) = apply(&lc, "negative.yaml", &negative);
     assert!(!ok && out.contains("spec.replicas"), "{out}");
+    let stall_forever = edge
+        .replace("name: edge", "name: zero-write-timeout")
+        .replace(
+            "  presence: {offlineThreshold: 60s}",
+            "  presence: {offlineThreshold: 60s}\n  sidecar: {writeTimeout: 0s}",
+        );
+    let (ok, out) = apply(&lc, "zero-write-timeout.yaml", &stall_forever);
+    assert!(
+        !ok && out.contains("writeTimeout must be above zero"),
+        "{out}"
+    );
     step!("invalid specs refused by the apiserver");
 
     let broken = edge

@@ -276,6 +276,21 @@ pub struct SidecarSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_object")]
     pub resources: Option<ResourceRequirements>,
+    /// Close an agent connection that moved no byte either way for this long (`0`: never).
+    /// Presence agents heartbeat: a few heartbeat periods sheds dead peers that never sent a
+    /// FIN, with close_notify, so a live agent would reconnect at once.
+    #[serde(default = "defaults::idle_timeout")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub idle_timeout: String,
+    /// Longest a write may wait for a peer (agent or gateway) that stopped reading before the
+    /// connection is cut; it also bounds how long a drain waits on a stalled agent. Above zero.
+    #[serde(default = "defaults::write_timeout")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "!self.matches('^(0|(0+([.]0+)?(ms|s|m|h))+)$')",
+        "message": "writeTimeout must be above zero: a zero deadline would cut every connection at its first write"
+    }]))]
+    pub write_timeout: String,
 }
 
 /// Where the fleet is, in one word.
@@ -468,6 +483,12 @@ mod defaults {
     }
     pub fn offline_threshold() -> String {
         "60s".into()
+    }
+    pub fn idle_timeout() -> String {
+        "0".into()
+    }
+    pub fn write_timeout() -> String {
+        "30s".into()
     }
     pub fn sidecar_image() -> String {
         format!("ballast/sidecar:{}", env!("CARGO_PKG_VERSION"))

@@ -329,6 +329,8 @@ fn sidecar_container(prc: &PresenceCluster, env: &Environment) -> Container {
             spec.capacity.max_handshakes_per_second_per_pod
         ),
         format!("--shutdown-drain={drain}s"),
+        format!("--idle-timeout={}", spec.sidecar.idle_timeout),
+        format!("--write-timeout={}", spec.sidecar.write_timeout),
         format!("--admin-token-file={ADMIN_MOUNT}/token"),
         "--log-format=json".into(),
     ];
@@ -546,6 +548,8 @@ mod tests {
             "--max-connections=50000",
             "--max-handshakes-per-second=500",
             "--shutdown-drain=600s",
+            "--idle-timeout=0",
+            "--write-timeout=30s",
         ] {
             assert!(
                 args.contains(&expected.to_owned()),
@@ -586,6 +590,15 @@ mod tests {
             ballast_contract::duration::parse_duration(drain),
             Ok(std::time::Duration::from_secs(90))
         );
+        prc.spec.sidecar.idle_timeout = "3m".into();
+        prc.spec.sidecar.write_timeout = "1.5s".into();
+        let args = sidecar(&build(&prc, &Environment::default())).args.unwrap();
+        for expected in ["--idle-timeout=3m", "--write-timeout=1.5s"] {
+            assert!(
+                args.contains(&expected.to_owned()),
+                "{expected} not in {args:?}"
+            );
+        }
     }
 
     #[test]

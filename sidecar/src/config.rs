@@ -65,7 +65,8 @@ pub struct Config {
 
     /// Longest a write may wait for a peer (agent or gateway) that stopped reading; then the
     /// connection is cut (cause `timeout`). Also bounds how long a drain can wait on one.
-    #[arg(long, env = "BALLAST_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    /// Must be above zero: a zero deadline would cut every connection at its first write.
+    #[arg(long, env = "BALLAST_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
     pub write_timeout: Duration,
 
     /// Close a connection that moved no byte either way for this long (`0`: never). Presence
@@ -147,6 +148,14 @@ impl Config {
 }
 
 /// How log lines are written.
+/// The one duration grammar, for options where zero would be a trap rather than "off".
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err("must be above zero".into()),
+        d => Ok(d),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -195,6 +204,16 @@ mod tests {
         assert_eq!(
             last.max_connections, 20,
             "a flag given twice takes its last value"
+        );
+    }
+
+    #[test]
+    fn a_zero_write_timeout_is_refused() {
+        let e = with(&["--write-timeout", "0s"]).unwrap_err().to_string();
+        assert!(e.contains("must be above zero"), "{e}");
+        assert_eq!(
+            with(&["--write-timeout", "250ms"]).unwrap().write_timeout,
+            Duration::from_millis(250)
         );
     }
 
