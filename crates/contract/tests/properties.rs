@@ -118,3 +118,16 @@ fn drain_bodies() -> impl Strategy<Value = Vec<u8>> {
         .prop_map(|(c, s)| format!("{{\"connections\": {c}, \"over_seconds\": {s}}}").into_bytes());
     prop_oneof![good, proptest::collection::vec(any::<u8>(), 0..64)]
 }
+
+/// The case the property found before serde_json parsed floats exactly (`float_roundtrip`).
+#[test]
+fn a_rate_that_once_came_back_one_ulp_off_round_trips() {
+    let mut report = Report::default();
+    report.handshakes.per_second = 94248.68521016723;
+    let wire = serde_json::to_vec(&report).unwrap();
+    let back = serde_json::from_slice::<Report>(&wire).unwrap();
+    assert_eq!(
+        back.handshakes.per_second.to_bits(),
+        94248.68521016723f64.to_bits()
+    );
+}
