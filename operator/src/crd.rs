@@ -203,7 +203,8 @@ pub struct CapacitySpec {
     #[serde(default = "defaults::max_connections")]
     #[schemars(range(min = 1))]
     pub max_connections_per_pod: i32,
-    /// New TLS handshakes a pod accepts per second; the excess is refused cheaply and retried.
+    /// New TLS handshakes a pod accepts per second; the excess waits its turn (up to half the
+    /// sidecar's handshake timeout), beyond that it is refused cheaply and retried.
     #[serde(default = "defaults::max_handshakes")]
     #[schemars(range(min = 1))]
     pub max_handshakes_per_second_per_pod: i32,

@@ -302,6 +302,7 @@ pub fn status(shared: &Shared) -> Status {
                 .map(|(result, n)| (result.to_owned(), n))
                 .collect(),
             handshakes_in_flight: m.handshakes_in_flight.get(),
+            waiting_for_handshake: m.waiting_for_handshake.get(),
         },
     }
 }

@@ -12,8 +12,8 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Refusal {
     MaxConnections,
+    /// The handshake queue would hold it longer than half the handshake timeout, or it did.
     HandshakeRate,
-    ConcurrentHandshakes,
     NotAccepting,
     /// Above the operator's admission quota (a directive), below the pod's own limits.
     Quota,
@@ -24,15 +24,13 @@ impl Refusal {
         match self {
             Self::MaxConnections => "max_connections",
             Self::HandshakeRate => "handshake_rate",
-            Self::ConcurrentHandshakes => "concurrent_handshakes",
             Self::NotAccepting => "not_accepting",
             Self::Quota => "quota",
         }
     }
-    pub const ALL: [Refusal; 5] = [
+    pub const ALL: [Refusal; 4] = [
         Self::MaxConnections,
         Self::HandshakeRate,
-        Self::ConcurrentHandshakes,
         Self::NotAccepting,
         Self::Quota,
     ];
@@ -99,6 +97,8 @@ pub struct Metrics {
     pub certificate_not_after_seconds: Gauge,
     pub draining: Gauge,
     pub handshakes_in_flight: Gauge,
+    pub waiting_for_handshake: Gauge,
+    pub handshake_wait_seconds: Histogram,
     pub upstream_up: Gauge,
     pub upstream_connect_failures: Counter,
     reports: Family<ResultLabel, Counter>,
@@ -134,6 +134,8 @@ impl Metrics {
             certificate_not_after_seconds: Gauge::default(),
             draining: Gauge::default(),
             handshakes_in_flight: Gauge::default(),
+            waiting_for_handshake: Gauge::default(),
+            handshake_wait_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             upstream_up: Gauge::default(),
             upstream_connect_failures: Counter::default(),
             reports: Family::default(),
@@ -189,6 +191,16 @@ impl Metrics {
             "handshakes_in_flight",
             "TLS handshakes in progress",
             m.handshakes_in_flight.clone(),
+        );
+        registry.register(
+            "waiting_for_handshake",
+            "Accepted connections queued for a handshake slot and a token of the handshake rate",
+            m.waiting_for_handshake.clone(),
+        );
+        registry.register(
+            "handshake_wait_seconds",
+            "Time admitted connections waited in the queue before their handshake began",
+            m.handshake_wait_seconds.clone(),
         );
         registry.register(
             "upstream_up",

@@ -66,7 +66,11 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut ti
     };
     let handshake_seconds = started.elapsed().as_secs_f64();
     metrics.handshake_seconds.observe(handshake_seconds);
-    shared.handshakes.completed(handshake_seconds);
+    // The planner hears the latency the agent saw, queue included: waiting is how a pod at
+    // its handshake rate shows it is saturated now that it no longer refuses at once.
+    shared
+        .handshakes
+        .completed(ticket.queued.as_secs_f64() + handshake_seconds);
     metrics.accepted.inc();
 
     let upstream = match dial_upstream(&shared, peer, local).await {

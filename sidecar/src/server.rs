@@ -8,15 +8,17 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use ballast_contract::DrainSize;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::io::ReadBuf;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 use crate::accept_errors::AcceptErrors;
-use crate::admission::Admission;
+use crate::admission::{Admission, Turn};
 use crate::config::Config;
 use crate::connections::Connections;
 use crate::directives::Directed;
@@ -39,7 +41,8 @@ pub struct Shared {
     pub handshake_timeout: Duration,
     pub proxy_protocol: bool,
     pub tls: Arc<TlsState>,
-    pub admission: Admission,
+    /// Admission limits and the connections waiting for a handshake.
+    pub admission: Admission<(TcpStream, SocketAddr)>,
     pub connections: Arc<Connections>,
     pub drainer: Drainer,
     /// The operator's directives in force (none without `--operator`).
@@ -79,6 +82,8 @@ impl Shared {
                 config.max_connections,
                 config.max_handshakes_per_second,
                 config.max_concurrent_handshakes,
+                // A client that waited this long has spent half its handshake's time.
+                config.handshake_timeout / 2,
             ),
             drainer: Drainer::new(connections.clone(), metrics.clone()),
             directed: Directed::default(),
@@ -187,6 +192,7 @@ pub async fn run(config: Config, tls: Arc<TlsState>) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let acceptor = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
+    let pacer = tokio::spawn(admit_in_turn(shared.clone()));
 
     wait_for_termination().await;
     tracing::info!(
@@ -197,6 +203,11 @@ pub async fn run(config: Config, tls: Arc<TlsState>) -> anyhow::Result<()> {
     shared.accepting.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     let _ = acceptor.await;
+    pacer.abort();
+    for _ in shared.admission.take_waiting() {
+        shared.metrics.refused(Refusal::NotAccepting).inc();
+    }
+    shared.metrics.waiting_for_handshake.set(0);
     // The shutdown drain replaces any other; the pod keeps reporting while it runs.
     shared
         .drainer
@@ -271,17 +282,55 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
             shared.metrics.refused(Refusal::Quota).inc();
             continue;
         }
-        match shared.admission.admit(now) {
-            Ok(ticket) => {
-                tokio::spawn(proxy::serve(shared.clone(), tcp, peer, ticket));
-            }
-            Err(reason) => {
+        match shared.admission.arrive((tcp, peer), now) {
+            Ok(()) => {}
+            Err((reason, (tcp, peer))) => {
                 shared.metrics.refused(reason).inc();
                 tracing::trace!(%peer, reason = reason.as_str(), "connection refused");
                 drop(tcp);
             }
         }
+        shared
+            .metrics
+            .waiting_for_handshake
+            .set(shared.admission.waiting() as i64);
     }
+}
+
+/// Starts queued connections' handshakes in turn, at the pace admission allows.
+async fn admit_in_turn(shared: Arc<Shared>) {
+    loop {
+        let turn = shared.admission.next(|(tcp, _)| left_already(tcp)).await;
+        let metrics = &shared.metrics;
+        metrics
+            .waiting_for_handshake
+            .set(shared.admission.waiting() as i64);
+        match turn {
+            Turn::Admitted((tcp, peer), ticket) => {
+                metrics
+                    .handshake_wait_seconds
+                    .observe(ticket.queued.as_secs_f64());
+                tokio::spawn(proxy::serve(shared.clone(), tcp, peer, ticket));
+            }
+            Turn::TooLate((_, peer), waited) => {
+                metrics.refused(Refusal::HandshakeRate).inc();
+                tracing::debug!(%peer, waited_seconds = waited.as_secs_f64(),
+                    "waited too long for a handshake slot; closed");
+            }
+        }
+    }
+}
+
+/// The client closed while it waited (end of stream or an error, nothing buffered): no
+/// handshake is worth starting. Looks without waiting and without consuming a byte.
+fn left_already(tcp: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    let mut buf = ReadBuf::new(&mut byte);
+    let mut cx = Context::from_waker(Waker::noop());
+    matches!(
+        tcp.poll_peek(&mut cx, &mut buf),
+        Poll::Ready(Ok(0) | Err(_))
+    )
 }
 
 /// Lets the operator's directives go when nothing renewed them, whatever the report task is

@@ -47,7 +47,8 @@ pub struct Report {
     pub draining: Option<crate::DrainProgress>,
     pub handshakes: Handshakes,
     /// Connections refused since the previous report, by reason (`max_connections`,
-    /// `handshake_rate`, `concurrent_handshakes`, `not_accepting`, `quota`). Deltas, so a
+    /// `handshake_rate`, `not_accepting`, `quota`; earlier sidecars also
+    /// `concurrent_handshakes`). Deltas, so a
     /// lost report loses only its own second, never a running total.
     pub refused: BTreeMap<String, u64>,
     /// Connections closed since the previous report, by cause (`drain`, `client`, `upstream`,
@@ -73,6 +74,7 @@ pub struct ConnectionCounts {
 #[serde(default)]
 pub struct Handshakes {
     pub per_second: f64,
+    /// Latency as the agent saw it: time queued for admission plus the handshake itself.
     pub p50_seconds: f64,
     pub p99_seconds: f64,
     /// Handshakes that failed since the previous report.

@@ -87,6 +87,9 @@ pub struct Counters {
     /// By result (`success` or a refusal reason).
     pub certificate_reloads: BTreeMap<String, u64>,
     pub handshakes_in_flight: i64,
+    /// Accepted connections queued for their handshake (admission paces, then refuses).
+    #[serde(default)]
+    pub waiting_for_handshake: i64,
 }
 
 #[cfg(test)]
@@ -136,6 +139,7 @@ mod tests {
                 closed: BTreeMap::from([("drain".into(), 12), ("client".into(), 7)]),
                 certificate_reloads: BTreeMap::from([("success".into(), 1)]),
                 handshakes_in_flight: 4,
+                waiting_for_handshake: 17,
             },
         }
     }
