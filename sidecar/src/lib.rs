@@ -10,8 +10,9 @@
 //! - `config`: flags and `BALLAST_*` environment variables.
 //! - `server`: lifecycle — bind, accept, lame duck on SIGTERM; `accept_errors` paces an
 //!   accept loop that runs out of file descriptors.
-//! - `admission`: refuse cheaply before the handshake when the pod is at its limits.
-//! - `tls`: the served certificate, validated by `ballast-certs` and hot-swapped.
+//! - `admission`: pace handshakes, queueing a burst, and refuse cheaply beyond the queue.
+//! - `tls`: the served certificate, validated by `ballast-certs` and hot-swapped;
+//!   `secret_watch` wakes the reload when the kubelet swaps the Secret volume.
 //! - `proxy` and `proxy_protocol`: one connection's bytes, without idle buffers.
 //! - `connections`: the table of live connections a drain chooses from.
 //! - `drain`: closing N connections over a window at the pace of `ballast_contract::pacing`.
@@ -40,6 +41,7 @@ mod operator_link;
 mod proxy;
 mod proxy_protocol;
 mod recent;
+mod secret_watch;
 mod server;
 mod tls;
 

@@ -25,6 +25,7 @@ use ballast_certs::{CertificateError, Expect, PemFiles, ServingCertificate};
 use ballast_contract::clock;
 
 use crate::metrics::Metrics;
+use crate::secret_watch::SecretWatch;
 
 /// What the accept loop needs for one new connection.
 #[derive(Clone)]
@@ -224,12 +225,34 @@ impl TlsState {
         });
     }
 
-    /// Polls the files every `interval` until the task is dropped.
+    /// Looks at the files when their directories change (inotify) and every `interval`
+    /// regardless, until the task is dropped.
     pub(crate) async fn watch(self: Arc<Self>, metrics: Arc<Metrics>, interval: Duration) {
+        let files = [
+            Some(&self.cert_path),
+            Some(&self.key_path),
+            self.ca_path.as_ref(),
+        ];
+        let secret = match SecretWatch::new(files.into_iter().flatten().map(PathBuf::as_path)) {
+            Ok(watch) => Some(watch),
+            Err(why) => {
+                tracing::warn!(%why, interval_seconds = interval.as_secs_f64(),
+                    "not watching the certificate's directory; polling only");
+                None
+            }
+        };
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            match &secret {
+                Some(secret) => tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = secret.changed() => {}
+                },
+                None => {
+                    tick.tick().await;
+                }
+            }
             let state = self.clone();
             let metrics = metrics.clone();
             // File reads and signature checks are blocking work; keep them off the proxy threads.
