@@ -28,7 +28,7 @@ fmt:
 build:
 	cargo build --workspace --release
 
-bench:           ## ballast-sidecar vs HAProxy, figures printed
+bench:           ## ballast-sidecar vs HAProxy vs nginx, figures printed
 	scripts/bench-proxies.sh
 
 bench-reports:   ## one operator under 1,000 reporting sidecars: RSS, CPU, p99 report → answer

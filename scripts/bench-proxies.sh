@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# Benchmark: ballast-sidecar against HAProxy (Debian's, as a TLS-terminating TCP proxy) in
-# front of the same sample gateway, with the same agent fleet and certificates.
+# Benchmark: ballast-sidecar against HAProxy and nginx (Debian's, each as a TLS-terminating
+# TCP proxy) in front of the same sample gateway, with the same agent fleet and certificates.
 #
 # Prints, for each proxy:
 #   - memory per idle TLS connection: (RSS with N idle agents - RSS before) / N, per size
 #   - full TLS handshakes per second (openssl s_time -new, two clients in parallel)
 #   - connections dropped by a certificate reload under RELOAD_AGENTS agents, and reload time
 #     (ballast: kubelet-style Secret swap, hot reload; HAProxy: master-worker reload, SIGUSR2,
-#     with hard-stop-after so old workers do not pile up — the usual production setting)
+#     with hard-stop-after so old workers do not pile up — the usual production setting;
+#     nginx: `stream` module with `ssl_preread` off, reload by SIGHUP to the master, with
+#     worker_shutdown_timeout for the same reason)
+#
+# nginx is taken from Debian's packages without installing them (apt-get download + dpkg -x
+# into the cache), so no service is started and nothing listens beyond this script's own.
 #
 # Environment: BENCH_SIZES (default "5000 9000"), RELOAD_AGENTS (default 9000),
-# HANDSHAKE_SECONDS (default 10), HAPROXY_HARD_STOP (default 10s).
+# HANDSHAKE_SECONDS (default 10), HAPROXY_HARD_STOP (default 10s, also nginx's
+# worker_shutdown_timeout), BENCH_PROXIES (default "ballast haproxy nginx").
 # This machine caps open files at its hard limit (`ulimit -Hn`); a proxy holds two
 # descriptors per agent, so sizes above (limit/2 - 100) are skipped with a message.
 set -euo pipefail
@@ -19,6 +25,7 @@ SIZES=${BENCH_SIZES:-"5000 9000"}
 RELOAD_AGENTS=${RELOAD_AGENTS:-9000}
 HS_SECONDS=${HANDSHAKE_SECONDS:-10}
 HARD_STOP=${HAPROXY_HARD_STOP:-10s}
+PROXIES=${BENCH_PROXIES:-"ballast haproxy nginx"}
 ulimit -n "$(ulimit -Hn)"
 FD_LIMIT=$(ulimit -n)
 MAX_AGENTS=$(( FD_LIMIT / 2 - 100 ))
@@ -46,6 +53,7 @@ OLD_SHA=$(sha_of "$WORK/pki/tls.crt"); NEW_SHA=$(sha_of "$WORK/pki2/tls.crt")
 PIDS+=($!)
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+rss_sum() { local t=0 p; for p in "$@"; do t=$(( t + $(rss_kib "$p") )); done; echo "$t"; } # KiB over processes
 established() { ss -Htn state established "( sport = :$PORT )" src "$LISTEN_IP" | wc -l; }
 served_sha() { # fingerprint a fresh handshake presents
   openssl s_client -connect "$LISTEN_IP:$PORT" -servername localhost </dev/null 2>/dev/null \
@@ -88,6 +96,53 @@ start_haproxy() { # $1 = extra flags (-W for master-worker)
   haproxy ${1:-} -db -f "$WORK/haproxy.cfg" 2>"$WORK/haproxy.log" &
   PROXY_PID=$!; PIDS+=($PROXY_PID); wait_port
 }
+# nginx from Debian's packages, unpacked into the cache (not installed: no service starts).
+NGINX_ROOT="${BALLAST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ballast}/nginx"
+ensure_nginx() {
+  [ -x "$NGINX_ROOT/usr/sbin/nginx" ] && [ -f "$NGINX_ROOT/usr/lib/nginx/modules/ngx_stream_module.so" ] && return
+  say "nginx: unpacking Debian's nginx and libnginx-mod-stream into $NGINX_ROOT…"
+  local dl="$WORK/nginx-debs"; mkdir -p "$dl" "$NGINX_ROOT"
+  (cd "$dl" && apt-get download -q nginx libnginx-mod-stream >/dev/null 2>&1) \
+    || { apt-get update -qq && (cd "$dl" && apt-get download -q nginx libnginx-mod-stream >/dev/null); }
+  for deb in "$dl"/*.deb; do dpkg -x "$deb" "$NGINX_ROOT"; done
+}
+nginx_cfg() {
+  mkdir -p "$WORK/nginx"
+  cat > "$WORK/nginx.conf" <<CFG
+load_module $NGINX_ROOT/usr/lib/nginx/modules/ngx_stream_module.so;
+daemon off;
+worker_processes 2;
+worker_rlimit_nofile $FD_LIMIT;
+worker_shutdown_timeout $HARD_STOP;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx.log warn;
+events { worker_connections $FD_LIMIT; }
+stream {
+  split_clients "\$remote_port" \$source {
+    25% 127.0.21.1;
+    25% 127.0.21.2;
+    25% 127.0.21.3;
+    *   127.0.21.4;
+  }
+  server {
+    listen $LISTEN_IP:$PORT ssl;
+    ssl_certificate $WORK/nginx.crt;
+    ssl_certificate_key $WORK/nginx.key;
+    proxy_bind \$source;
+    proxy_connect_timeout 2s;
+    proxy_timeout 1h;
+    proxy_pass $GW;
+  }
+}
+CFG
+}
+start_nginx() {
+  cp "$WORK/pki/tls.crt" "$WORK/nginx.crt"; cp "$WORK/pki/tls.key" "$WORK/nginx.key"
+  nginx_cfg
+  "$NGINX_ROOT/usr/sbin/nginx" -p "$WORK/nginx" -c "$WORK/nginx.conf" -e "$WORK/nginx.log" &
+  PROXY_PID=$!; PIDS+=($PROXY_PID); wait_port
+}
+nginx_workers() { cat /proc/"$PROXY_PID"/task/*/children 2>/dev/null | tr ' ' '\n' | grep -v '^$'; }
 stop_proxy() { kill "$PROXY_PID" 2>/dev/null || true; wait "$PROXY_PID" 2>/dev/null || true; sleep 1; }
 haproxy_worker() { cat /proc/"$PROXY_PID"/task/*/children 2>/dev/null | tr ' ' '\n' | grep -v '^$' | tail -1; }
 
@@ -111,12 +166,12 @@ measure_memory() { # $1 proxy name, $2 pid-of-process-holding-connections functi
       continue
     fi
     "start_$1"; sleep 1
-    local pid; pid=$($2)
-    local before; before=$(rss_kib "$pid")
+    local pids; pids=$($2)
+    local before; before=$(rss_sum $pids)
     say "$1: $n idle agents (RSS before: ${before} KiB)…"
     run_agents "$n" 600s 300s /dev/null
     wait_established "$n"; sleep 5
-    local after; after=$(rss_kib "$pid")
+    local after; after=$(rss_sum $pids)
     local per=$(( (after - before) * 1024 / n ))
     RESULTS+=("$1 memory_per_idle_connection agents=$n rss_before_kib=$before rss_after_kib=$after bytes_per_connection=$per ($(( per / 1024 )) KiB)")
     kill "$FLEET_PID"; wait "$FLEET_PID" 2>/dev/null || true
@@ -140,18 +195,21 @@ measure_handshakes() { # $1 proxy name
 
 measure_reload() { # $1 proxy name
   local summary="$WORK/reload-$1.json"
-  if [ "$1" = haproxy ]; then start_haproxy -W; else start_ballast; fi
+  case $1 in haproxy) start_haproxy -W ;; *) "start_$1" ;; esac
   say "$1: reload under $RELOAD_AGENTS agents…"
   run_agents "$RELOAD_AGENTS" 45s 1s "$summary"
   wait_established "$RELOAD_AGENTS"; sleep 3
   local t0 t1
   t0=$(date +%s%N)
-  if [ "$1" = haproxy ]; then
-    cat "$WORK/pki2/tls.crt" "$WORK/pki2/tls.key" > "$WORK/haproxy.pem"
-    kill -USR2 "$PROXY_PID"
-  else
-    secret_update "$WORK/pki2"
-  fi
+  case $1 in
+    haproxy)
+      cat "$WORK/pki2/tls.crt" "$WORK/pki2/tls.key" > "$WORK/haproxy.pem"
+      kill -USR2 "$PROXY_PID" ;;
+    nginx)
+      cp "$WORK/pki2/tls.crt" "$WORK/nginx.crt"; cp "$WORK/pki2/tls.key" "$WORK/nginx.key"
+      kill -HUP "$PROXY_PID" ;;
+    *) secret_update "$WORK/pki2" ;;
+  esac
   until [ "$(served_sha)" = "$NEW_SHA" ]; do
     [ $(( ($(date +%s%N) - t0) / 1000000000 )) -lt 60 ] || { say "new certificate never served"; break; }
     sleep 0.02
@@ -167,12 +225,14 @@ measure_reload() { # $1 proxy name
 RESULTS=()
 ballast_pid() { echo "$PROXY_PID"; }
 haproxy_pid() { echo "$PROXY_PID"; } # without -W, the one process is the worker
-for proxy in ballast haproxy; do
+nginx_pid() { nginx_workers; }      # connections live in the workers (the master holds none)
+case " $PROXIES " in *" nginx "*) ensure_nginx ;; esac
+for proxy in $PROXIES; do
   measure_memory "$proxy" "${proxy}_pid"
   measure_handshakes "$proxy"
   measure_reload "$proxy"
 done
 
 echo
-echo "== ballast-sidecar vs HAProxy $(haproxy -v | head -1 | awk '{print $3}') — $(nproc) cores, open-file limit $FD_LIMIT =="
+echo "== ballast-sidecar vs HAProxy $(haproxy -v | head -1 | awk '{print $3}') vs nginx $("$NGINX_ROOT/usr/sbin/nginx" -v 2>&1 | cut -d/ -f2) — $(nproc) cores, open-file limit $FD_LIMIT, $(date +%F) =="
 printf '%s\n' "${RESULTS[@]}"
