@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use ballast_contract::ticket_keys::{self, TicketKeys};
 use ballast_fleet::agents::{Fleet, FleetConfig};
 use ballast_fleet::certs::{Ca, Validity};
 use common::*;
@@ -172,6 +173,34 @@ async fn operator_end_to_end() {
         .unwrap();
     let pods: Api<Pod> = Api::namespaced(lc.client.clone(), NS);
     let ip_of = |pod: &Pod| pod.status.as_ref().unwrap().pod_ip.clone().unwrap();
+
+    // Shared session-ticket keys: one Secret owned by the cluster with a current and a next
+    // key, loaded by every pod's sidecar (so an agent a drain moves resumes on the next pod).
+    let keys = secrets.get("edge-ticket-keys").await.unwrap();
+    assert!(keys
+        .metadata
+        .owner_references
+        .as_ref()
+        .unwrap()
+        .iter()
+        .any(|o| o.kind == "PresenceCluster" && o.name == "edge"));
+    let file = TicketKeys::parse(&keys.data.unwrap()[ticket_keys::FILE_NAME].0).unwrap();
+    assert_eq!(file.keys.len(), 2, "{file:?}");
+    let edge_pods = pods
+        .list(&ListParams::default().labels("ballast.dev/presencecluster=edge"))
+        .await
+        .unwrap();
+    for pod in &edge_pods.items {
+        let (_, body) = http_get(format!("{}:9901", ip_of(pod)).parse().unwrap(), "/status")
+            .await
+            .unwrap();
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status["session_tickets"]["keys_loaded"], 2, "{body}");
+    }
+    step!(
+        "session tickets: Secret edge-ticket-keys with 2 keys, loaded by {} sidecars",
+        edge_pods.items.len()
+    );
     // Status equals the fleet's own count, in total and per pod, from the reports alone.
     let per_pod = eventually(
         "status matches the fleet's count per pod",
@@ -925,6 +954,19 @@ async fn operator_end_to_end() {
         !ok && out.contains("writeTimeout must be above zero"),
         "{out}"
     );
+    let hasty_rotation = edge.replace("name: edge", "name: hasty-rotation").replace(
+        "secretName: agents-tls",
+        "secretName: agents-tls\n    sessionTickets: {rotationInterval: 1m}",
+    );
+    assert_ne!(
+        hasty_rotation,
+        edge.replace("name: edge", "name: hasty-rotation")
+    );
+    let (ok, out) = apply(&lc, "hasty-rotation.yaml", &hasty_rotation);
+    assert!(
+        !ok && out.contains("rotationInterval must be at least 5m"),
+        "{out}"
+    );
     step!("invalid specs refused by the apiserver");
 
     let broken = edge
@@ -1121,7 +1163,9 @@ async fn operator_end_to_end() {
         ("update", "presenceclusters.ballast.dev", false),
         ("create", "statefulsets.apps", true),
         ("create", "tokenreviews.authentication.k8s.io", true),
-        ("update", "secrets", false),
+        // Updated only to rotate the shared ticket keys.
+        ("update", "secrets", true),
+        ("patch", "secrets", false),
         ("delete", "secrets", false),
         ("watch", "pods", true),
         ("create", "pods --subresource=eviction", true),

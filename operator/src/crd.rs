@@ -161,6 +161,51 @@ pub struct TlsSpec {
     /// How renewals reach the gateways.
     #[serde(default)]
     pub rotation: RotationSpec,
+    /// TLS session tickets whose keys every pod of this cluster shares, so that an agent
+    /// moved to another pod resumes its session there instead of paying a full handshake.
+    #[serde(default)]
+    pub session_tickets: SessionTicketsSpec,
+}
+
+/// Shared session-ticket keys: the operator creates them in the Secret
+/// `<name>-ticket-keys`, rotates them, and every sidecar reloads them like the certificate.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionTicketsSpec {
+    /// Issue and accept shared session tickets (`false`: every reconnect is a full handshake
+    /// on another pod; the same pod still resumes from its own cache).
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// How long one key encrypts new tickets. The next key is published one interval ahead
+    /// and a retired key still decrypts for one interval more, which is also the tickets'
+    /// lifetime. At least `5m` (a Secret takes up to a minute or two to reach every pod).
+    #[serde(default = "defaults::ticket_rotation")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "duration(self) >= duration('5m')",
+        "message": "rotationInterval must be at least 5m: the next key must reach every pod before it encrypts"
+    }]))]
+    pub rotation_interval: String,
+}
+
+impl Default for SessionTicketsSpec {
+    fn default() -> Self {
+        Self {
+            enabled: defaults::yes(),
+            rotation_interval: defaults::ticket_rotation(),
+        }
+    }
+}
+
+impl SessionTicketsSpec {
+    /// The rotation interval in seconds, never below the minimum (the schema refuses less;
+    /// this keeps a spec that bypassed it safe).
+    pub fn rotation_seconds(&self) -> i64 {
+        let interval = ballast_contract::duration::parse_duration(&self.rotation_interval)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        interval.max(ballast_contract::ticket_keys::MIN_ROTATION_SECONDS)
+    }
 }
 
 /// How a renewed certificate is rolled out.
@@ -484,6 +529,9 @@ mod defaults {
     }
     pub fn offline_threshold() -> String {
         "60s".into()
+    }
+    pub fn ticket_rotation() -> String {
+        "6h".into()
     }
     pub fn idle_timeout() -> String {
         "0".into()

@@ -17,7 +17,8 @@
 //!   metrics.
 //!
 //! [`crd`] holds the resource's types; their doc comments are what `kubectl explain` shows.
-//! [`metrics`] exports the operator's figures; [`leader`] keeps a second replica idle (it
+//! [`secrets`] is the one way it writes a Secret (the admin token, the report CA, the shared
+//! session-ticket keys [`reconcile`] rotates). [`metrics`] exports the operator's figures; [`leader`] keeps a second replica idle (it
 //! answers reports with `not_leader`) until the first one is gone.
 //!
 //! It must never be what drops an agent: it depends on neither the sidecar nor the data
@@ -39,6 +40,7 @@ pub mod reconcile;
 pub mod renewals;
 pub mod report_server;
 pub mod report_tls;
+pub mod secrets;
 pub mod status;
 pub mod validate;
 pub mod workload;

@@ -17,10 +17,12 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use ballast_contract::ticket_keys::{self, KeyBytes, TicketKeys};
+
 use crate::crd::PresenceCluster;
 use crate::metrics::Metrics;
-use crate::validate;
 use crate::workload::{self, Environment};
+use crate::{secrets, validate};
 
 /// Field manager name for server-side apply.
 pub const MANAGER: &str = "ballast-operator";
@@ -115,6 +117,9 @@ pub async fn reconcile(prc: Arc<PresenceCluster>, ctx: Arc<Context>) -> Result<A
             workload::restart_on_renewal(&prc, &mut built.statefulset, &facts.sha256);
         }
         ensure_admin_token(&ctx.client, &prc, &namespace).await?;
+        if prc.spec.tls.session_tickets.enabled {
+            ensure_ticket_keys(&ctx.client, &prc, &namespace).await?;
+        }
         if let Some(ca) = &built.operator_ca {
             apply(&ctx.client, &namespace, ca).await?;
         }
@@ -169,29 +174,82 @@ async fn ensure_admin_token(
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .expect("the system's random source works");
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name),
-            namespace: Some(namespace.into()),
-            owner_references: prc.controller_owner_ref(&()).map(|o| vec![o]),
-            labels: Some(
-                [(
-                    "app.kubernetes.io/managed-by".to_owned(),
-                    "ballast-operator".to_owned(),
-                )]
-                .into(),
-            ),
-            ..Default::default()
-        },
-        string_data: Some([("token".to_owned(), token)].into()),
-        ..Secret::default()
-    };
-    match Api::<Secret>::namespaced(client.clone(), namespace)
-        .create(&kube::api::PostParams::default(), &secret)
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
+    let secret = secrets::managed(
+        namespace,
+        &name,
+        prc.controller_owner_ref(&()),
+        None,
+        [("token".to_owned(), token.into_bytes())].into(),
+    );
+    secrets::create_or_existing(&Api::namespaced(client.clone(), namespace), &secret).await?;
+    Ok(())
+}
+
+/// Keeps the cluster's shared session-ticket keys current: creates the Secret with a current
+/// and a next key, then at each reconcile adds the next key once the current one hands over
+/// and drops keys past their overlap (`ballast_contract::ticket_keys` has the schedule). A
+/// Secret whose file no longer parses is replaced with fresh keys, with a warning.
+async fn ensure_ticket_keys(
+    client: &Client,
+    prc: &PresenceCluster,
+    namespace: &str,
+) -> Result<(), Error> {
+    let name = workload::ticket_keys_name(&prc.name_any());
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let interval = prc.spec.tls.session_tickets.rotation_seconds();
+    let now = ballast_contract::clock::unix_now();
+    let existing = api.get_opt(&name).await?;
+    let current = existing
+        .as_ref()
+        .and_then(|s| secrets::data(s, ticket_keys::FILE_NAME))
+        .map(TicketKeys::parse);
+    if let Some(Err(why)) = &current {
+        tracing::warn!(%namespace, secret = %name, %why, "ticket-key file unreadable; replacing it with fresh keys");
     }
+    let current = current.and_then(Result::ok);
+    let Some(next) = TicketKeys::rotate(current.as_ref(), now, interval, fresh_ticket_key) else {
+        return Ok(());
+    };
+    let data = [(
+        ticket_keys::FILE_NAME.to_owned(),
+        next.to_json().into_bytes(),
+    )]
+    .into();
+    match &existing {
+        None => {
+            let secret =
+                secrets::managed(namespace, &name, prc.controller_owner_ref(&()), None, data);
+            secrets::create_or_existing(&api, &secret).await?;
+        }
+        Some(read) => {
+            let ours = read
+                .owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == prc.metadata.uid.as_ref());
+            if !ours {
+                // Someone else's Secret under our name: never overwrite it. Pods still serve
+                // (a bad file means full handshakes); say so once per reconcile.
+                tracing::warn!(%namespace, secret = %name,
+                    "a Secret of this name exists but is not owned by this PresenceCluster; not rotating its keys");
+                return Ok(());
+            }
+            secrets::replace_data(&api, read, data).await?;
+        }
+    }
+    let names: Vec<&str> = next.keys.iter().map(|k| &k.name[..8]).collect();
+    tracing::info!(%namespace, secret = %name, keys = ?names, "session-ticket keys rotated");
+    Ok(())
+}
+
+fn fresh_ticket_key() -> KeyBytes {
+    let random = ring::rand::SystemRandom::new();
+    let mut key = KeyBytes {
+        name: [0; ticket_keys::NAME_LEN],
+        secret: [0; ticket_keys::SECRET_LEN],
+    };
+    ring::rand::SecureRandom::fill(&random, &mut key.name)
+        .expect("the system's random source works");
+    ring::rand::SecureRandom::fill(&random, &mut key.secret)
+        .expect("the system's random source works");
+    key
 }

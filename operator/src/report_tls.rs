@@ -14,8 +14,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::ByteString;
-use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -74,41 +72,21 @@ pub async fn ensure(
         None => {
             let key = KeyPair::generate().context("generating the CA key")?;
             let cert = ca_params()?.self_signed(&key)?;
-            let fresh = Secret {
-                metadata: ObjectMeta {
-                    name: Some(name.into()),
-                    namespace: Some(namespace.into()),
-                    labels: Some(
-                        [(
-                            "app.kubernetes.io/managed-by".to_owned(),
-                            "ballast-operator".to_owned(),
-                        )]
-                        .into(),
-                    ),
-                    ..ObjectMeta::default()
-                },
-                type_: Some("kubernetes.io/tls".into()),
-                data: Some(
-                    [
-                        ("tls.crt".to_owned(), ByteString(cert.pem().into_bytes())),
-                        (
-                            "tls.key".to_owned(),
-                            ByteString(key.serialize_pem().into_bytes()),
-                        ),
-                    ]
-                    .into(),
-                ),
-                ..Secret::default()
-            };
-            match api.create(&PostParams::default(), &fresh).await {
-                Ok(s) => {
-                    tracing::info!(%namespace, %name, "created the report CA");
-                    s
-                }
-                // Another replica created it first: use theirs.
-                Err(kube::Error::Api(e)) if e.code == 409 => api.get(name).await?,
-                Err(e) => return Err(e.into()),
-            }
+            let fresh = crate::secrets::managed(
+                namespace,
+                name,
+                None,
+                Some("kubernetes.io/tls"),
+                [
+                    ("tls.crt".to_owned(), cert.pem().into_bytes()),
+                    ("tls.key".to_owned(), key.serialize_pem().into_bytes()),
+                ]
+                .into(),
+            );
+            // Another replica may create it first: then theirs is used.
+            let secret = crate::secrets::create_or_existing(&api, &fresh).await?;
+            tracing::info!(%namespace, %name, "report CA ready");
+            secret
         }
     };
     let field = |k: &str| {

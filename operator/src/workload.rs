@@ -74,6 +74,15 @@ pub fn admin_token_name(name: &str) -> String {
     format!("{name}-admin-token")
 }
 
+/// Name of the Secret holding a cluster's shared session-ticket keys.
+pub fn ticket_keys_name(name: &str) -> String {
+    format!("{name}-ticket-keys")
+}
+
+/// Where the sidecar finds the ticket keys.
+pub const TICKETS_MOUNT: &str = "/etc/ballast/tickets";
+const TICKETS_VOLUME: &str = "ballast-tickets";
+
 /// Everything one PresenceCluster owns.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Workload {
@@ -208,6 +217,17 @@ fn statefulset(prc: &PresenceCluster, name: &str, env: &Environment) -> Stateful
     });
     if env.report.is_some() {
         volumes.push(report_volume(name));
+    }
+    if spec.tls.session_tickets.enabled {
+        volumes.push(Volume {
+            name: TICKETS_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(ticket_keys_name(name)),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
     }
     // The kubelet must wait for the whole drain before killing anything.
     let needed = drain_seconds + GRACE_MARGIN_SECONDS;
@@ -348,6 +368,18 @@ fn sidecar_container(prc: &PresenceCluster, env: &Environment) -> Container {
             ..VolumeMount::default()
         },
     ];
+    if spec.tls.session_tickets.enabled {
+        args.push(format!(
+            "--ticket-keys={TICKETS_MOUNT}/{}",
+            ballast_contract::ticket_keys::FILE_NAME
+        ));
+        mounts.push(VolumeMount {
+            name: TICKETS_VOLUME.into(),
+            mount_path: TICKETS_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
     if let Some(report) = &env.report {
         args.extend([
             format!("--operator={}", report.address),
@@ -575,6 +607,44 @@ mod tests {
             volume.secret.as_ref().unwrap().secret_name.as_deref(),
             Some("agents-tls")
         );
+    }
+
+    #[test]
+    fn shared_ticket_keys_are_mounted_and_passed_unless_disabled() {
+        let w = build(&example(), &Environment::default());
+        let c = sidecar(&w);
+        let arg = "--ticket-keys=/etc/ballast/tickets/ticket-keys.json".to_owned();
+        assert!(c.args.unwrap().contains(&arg));
+        assert!(c
+            .volume_mounts
+            .unwrap()
+            .iter()
+            .any(|m| m.mount_path == TICKETS_MOUNT && m.read_only == Some(true)));
+        let pod = w.statefulset.spec.template.spec.unwrap();
+        let volume = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == TICKETS_VOLUME);
+        assert_eq!(
+            volume.unwrap().secret.unwrap().secret_name.as_deref(),
+            Some("edge-ticket-keys")
+        );
+
+        let mut prc = example();
+        prc.spec.tls.session_tickets.enabled = false;
+        let w = build(&prc, &Environment::default());
+        assert!(!sidecar(&w)
+            .args
+            .unwrap()
+            .iter()
+            .any(|a| a.starts_with("--ticket-keys")));
+        let pod = w.statefulset.spec.template.spec.unwrap();
+        assert!(pod
+            .volumes
+            .unwrap()
+            .iter()
+            .all(|v| v.name != TICKETS_VOLUME));
     }
 
     #[test]

@@ -25,8 +25,8 @@ use tokio::sync::Semaphore;
 
 use ballast_contract::clock;
 use ballast_contract::{
-    CertificateStatus, Counters, DrainProgress, DrainRequest, Limits, Status, UpstreamStatus,
-    PROTOCOL_VERSION,
+    CertificateStatus, Counters, DrainProgress, DrainRequest, Limits, SessionTickets, Status,
+    UpstreamStatus, PROTOCOL_VERSION,
 };
 
 use crate::accept_errors::AcceptErrors;
@@ -303,7 +303,15 @@ pub fn status(shared: &Shared) -> Status {
                 .collect(),
             handshakes_in_flight: m.handshakes_in_flight.get(),
             waiting_for_handshake: m.waiting_for_handshake.get(),
+            handshakes: ["full", "resumed"]
+                .into_iter()
+                .map(|kind| (kind.to_owned(), m.handshake(kind).get()))
+                .collect(),
         },
+        session_tickets: shared.tls.tickets().map(|t| SessionTickets {
+            keys_loaded: t.loaded(),
+            last_error: t.last_failure(),
+        }),
     }
 }
 

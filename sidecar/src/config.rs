@@ -95,6 +95,14 @@ pub struct Config {
     #[arg(long, env = "BALLAST_RELOAD_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub reload_interval: Duration,
 
+    /// The cluster's session-ticket key file (`ticket-keys.json` of the operator's
+    /// `<cluster>-ticket-keys` Secret). With it, TLS session tickets are sealed with keys every
+    /// pod shares, so an agent moved to another pod resumes instead of a full handshake.
+    /// Watched and reloaded like the certificate; a bad file is refused and the keys loaded
+    /// before keep working. Without it, resumption only on the same process.
+    #[arg(long, env = "BALLAST_TICKET_KEYS")]
+    pub ticket_keys: Option<PathBuf>,
+
     /// File holding a bearer token required by mutating admin endpoints; without it they
     /// answer loopback callers only. Read on each request, so it can be rotated.
     #[arg(long, env = "BALLAST_ADMIN_TOKEN_FILE")]

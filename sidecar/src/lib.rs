@@ -12,7 +12,8 @@
 //!   accept loop that runs out of file descriptors.
 //! - `admission`: pace handshakes, queueing a burst, and refuse cheaply beyond the queue.
 //! - `tls`: the served certificate, validated by `ballast-certs` and hot-swapped;
-//!   `secret_watch` wakes the reload when the kubelet swaps the Secret volume.
+//!   `secret_watch` wakes the reload when the kubelet swaps the Secret volume; `tickets`
+//!   seals session tickets with the cluster's shared keys so moved agents resume.
 //! - `proxy` and `proxy_protocol`: one connection's bytes, without idle buffers.
 //! - `connections`: the table of live connections a drain chooses from.
 //! - `drain`: closing N connections over a window at the pace of `ballast_contract::pacing`.
@@ -43,6 +44,7 @@ mod proxy_protocol;
 mod recent;
 mod secret_watch;
 mod server;
+mod tickets;
 mod tls;
 
 pub use config::{Config, LogFormat};

@@ -36,6 +36,10 @@ fn main() -> anyhow::Result<()> {
         config.client_ca.clone(),
     )
     .context("cannot start without a valid certificate")?;
+    let tls = match config.ticket_keys.clone() {
+        Some(path) => tls.with_ticket_keys(path)?,
+        None => tls,
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

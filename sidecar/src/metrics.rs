@@ -108,6 +108,14 @@ pub struct Metrics {
     pub steered_away: Gauge,
     accept_errors: Family<ListenerLabel, Counter>,
     pub admin_connections_refused: Counter,
+    handshakes: Family<KindLabel, Counter>,
+    ticket_key_reloads: Family<ResultLabel, Counter>,
+    pub ticket_keys_loaded: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -145,6 +153,9 @@ impl Metrics {
             steered_away: Gauge::default(),
             accept_errors: Family::default(),
             admin_connections_refused: Counter::default(),
+            handshakes: Family::default(),
+            ticket_key_reloads: Family::default(),
+            ticket_keys_loaded: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -247,7 +258,28 @@ impl Metrics {
             "Admin API connections closed at once because too many were open",
             m.admin_connections_refused.clone(),
         );
+        registry.register(
+            "handshakes",
+            "Completed TLS handshakes, by kind (full, or resumed from a session ticket)",
+            m.handshakes.clone(),
+        );
+        registry.register(
+            "ticket_key_reloads",
+            "Session-ticket key file reloads, by result (success, refused)",
+            m.ticket_key_reloads.clone(),
+        );
+        registry.register(
+            "ticket_keys_loaded",
+            "Session-ticket keys in use (retired, current and next); 0 without --ticket-keys",
+            m.ticket_keys_loaded.clone(),
+        );
         // Pre-create every label value so dashboards see zeros rather than gaps.
+        for kind in ["full", "resumed"] {
+            m.handshake(kind);
+        }
+        for result in ["success", "refused"] {
+            m.ticket_key_reload(result);
+        }
         for r in Refusal::ALL {
             m.refused(r);
         }
@@ -291,6 +323,18 @@ impl Metrics {
     /// `result` is `success` or a [`ballast_certs::CertificateError::metric_label`].
     pub fn reload(&self, result: &'static str) -> Counter {
         self.reloads.get_or_create(&ResultLabel { result }).clone()
+    }
+
+    /// `kind`: `full` or `resumed`.
+    pub fn handshake(&self, kind: &'static str) -> Counter {
+        self.handshakes.get_or_create(&KindLabel { kind }).clone()
+    }
+
+    /// `result`: `success` or `refused`.
+    pub fn ticket_key_reload(&self, result: &'static str) -> Counter {
+        self.ticket_key_reloads
+            .get_or_create(&ResultLabel { result })
+            .clone()
     }
 
     /// All reload results seen so far, for `/status`.

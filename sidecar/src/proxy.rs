@@ -72,6 +72,13 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut ti
         .handshakes
         .completed(ticket.queued.as_secs_f64() + handshake_seconds);
     metrics.accepted.inc();
+    let resumed = matches!(
+        client.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    metrics
+        .handshake(if resumed { "resumed" } else { "full" })
+        .inc();
 
     let upstream = match dial_upstream(&shared, peer, local).await {
         Ok(stream) => {

@@ -69,6 +69,9 @@ impl Shared {
         metrics
             .certificate_not_after_seconds
             .set(tls.current().certificate.facts.not_after);
+        if let Some(tickets) = tls.tickets() {
+            metrics.ticket_keys_loaded.set(tickets.loaded() as i64);
+        }
         Self {
             listen: config.listen,
             upstream: config.upstream,

@@ -26,6 +26,7 @@ use ballast_contract::clock;
 
 use crate::metrics::Metrics;
 use crate::secret_watch::SecretWatch;
+use crate::tickets::{TicketKeyRing, Ticketer};
 
 /// What the accept loop needs for one new connection.
 #[derive(Clone)]
@@ -59,6 +60,9 @@ pub struct TlsState {
     last_failure: RwLock<Option<ReloadFailure>>,
     /// Files whose key did not match their certificate, seen once: refused if seen again.
     torn: Mutex<Option<PemFiles>>,
+    /// The cluster's shared session-ticket keys (`--ticket-keys`); without them, only the
+    /// process's own session cache resumes.
+    tickets: Option<Arc<TicketKeyRing>>,
 }
 
 /// Always answers with the one certificate it was built with (SNI is not used to choose).
@@ -105,7 +109,7 @@ impl TlsState {
             SystemTime::now(),
             Expect::default(),
         )?;
-        let served = build(&provider, client_roots.as_ref(), certificate, 1)?;
+        let served = build(&provider, client_roots.as_ref(), None, certificate, 1)?;
         Ok(Self {
             provider,
             client_roots,
@@ -116,7 +120,30 @@ impl TlsState {
             last_files: RwLock::new(files),
             last_failure: RwLock::new(None),
             torn: Mutex::new(None),
+            tickets: None,
         })
+    }
+
+    /// Issues and accepts session tickets sealed with the keys in `path` (shared by every
+    /// pod of the cluster). A bad or missing file is not fatal: full handshakes until a good
+    /// one appears.
+    pub fn with_ticket_keys(mut self, path: PathBuf) -> Result<Self, StartupError> {
+        let ring = Arc::new(TicketKeyRing::load(path));
+        let current = self.current();
+        let served = build(
+            &self.provider,
+            self.client_roots.as_ref(),
+            Some(&ring),
+            current.certificate.clone(),
+            current.generation,
+        )?;
+        self.current = RwLock::new(Arc::new(served));
+        self.tickets = Some(ring);
+        Ok(self)
+    }
+
+    pub(crate) fn tickets(&self) -> Option<&Arc<TicketKeyRing>> {
+        self.tickets.as_ref()
     }
 
     /// What new handshakes use right now.
@@ -155,7 +182,15 @@ impl TlsState {
             Expect::replacing(&current.certificate.facts),
         )
         .map_err(StartupError::from)
-        .and_then(|c| build(&self.provider, self.client_roots.as_ref(), c, generation));
+        .and_then(|c| {
+            build(
+                &self.provider,
+                self.client_roots.as_ref(),
+                self.tickets.as_ref(),
+                c,
+                generation,
+            )
+        });
         if matches!(
             result,
             Err(StartupError::Certificate(CertificateError::KeyMismatch))
@@ -228,10 +263,12 @@ impl TlsState {
     /// Looks at the files when their directories change (inotify) and every `interval`
     /// regardless, until the task is dropped.
     pub(crate) async fn watch(self: Arc<Self>, metrics: Arc<Metrics>, interval: Duration) {
+        let tickets = self.tickets.as_ref().map(|t| t.path().to_path_buf());
         let files = [
             Some(&self.cert_path),
             Some(&self.key_path),
             self.ca_path.as_ref(),
+            tickets.as_ref(),
         ];
         let secret = match SecretWatch::new(files.into_iter().flatten().map(PathBuf::as_path)) {
             Ok(watch) => Some(watch),
@@ -256,7 +293,13 @@ impl TlsState {
             let state = self.clone();
             let metrics = metrics.clone();
             // File reads and signature checks are blocking work; keep them off the proxy threads.
-            let _ = tokio::task::spawn_blocking(move || state.reload_if_changed(&metrics)).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                state.reload_if_changed(&metrics);
+                if let Some(tickets) = &state.tickets {
+                    tickets.reload_if_changed(&metrics);
+                }
+            })
+            .await;
         }
     }
 }
@@ -264,6 +307,7 @@ impl TlsState {
 fn build(
     provider: &Arc<CryptoProvider>,
     client_roots: Option<&Arc<RootCertStore>>,
+    tickets: Option<&Arc<TicketKeyRing>>,
     certificate: ServingCertificate,
     generation: u64,
 ) -> Result<Served, StartupError> {
@@ -282,7 +326,13 @@ fn build(
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let config = builder.with_cert_resolver(Arc::new(SingleCert(certificate.key.clone())));
+    let mut config = builder.with_cert_resolver(Arc::new(SingleCert(certificate.key.clone())));
+    if let Some(ring) = tickets {
+        // Bound to this certificate: a renewal ends resumption, so every agent sees it.
+        config.ticketer = Arc::new(Ticketer::new(ring.clone(), &certificate.facts.sha256));
+        // One ticket per handshake: an agent holds one connection and resumes once.
+        config.send_tls13_tickets = 1;
+    }
     Ok(Served {
         acceptor: TlsAcceptor::from(Arc::new(config)),
         generation,

@@ -10,7 +10,9 @@
 //! - [`pacing`]: the one rule for spreading a drain's closes over its window;
 //! - [`duration`]: the one duration grammar (`500ms`, `10s`, `1h30m`) of every flag, every
 //!   crate and the CRD, with the schema pattern that accepts exactly it;
-//! - [`clock`]: Unix seconds and their RFC 3339 form, as both sides print timestamps.
+//! - [`clock`]: Unix seconds and their RFC 3339 form, as both sides print timestamps;
+//! - [`ticket_keys`]: the session-ticket key file the operator writes and every sidecar of a
+//!   cluster reads, and the rule for which key encrypts, which decrypt and when to rotate.
 //!
 //! It must never do I/O (no sockets, files, clocks other than reading the system time, no
 //! async runtime, TLS or Kubernetes client) and never depend on the sidecar or the operator:
@@ -25,10 +27,11 @@ pub mod duration;
 pub mod pacing;
 pub mod report;
 pub mod status;
+pub mod ticket_keys;
 
 pub use drain::{AllKeyword, DrainProgress, DrainRequest, DrainSize};
 pub use report::{Answer, Directives, DrainDirective, Report, REPORT_PATH, TOKEN_AUDIENCE};
-pub use status::{CertificateStatus, Counters, Limits, Status, UpstreamStatus};
+pub use status::{CertificateStatus, Counters, Limits, SessionTickets, Status, UpstreamStatus};
 
 /// Version of the sidecar↔operator wire contract, sent as `Status::protocol_version`.
 ///

@@ -29,6 +29,16 @@ pub struct Status {
     pub certificate: CertificateStatus,
     pub limits: Limits,
     pub counters: Counters,
+    /// The shared session-ticket keys, when the sidecar runs with `--ticket-keys`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_tickets: Option<SessionTickets>,
+}
+
+/// The session-ticket keys in use, and why the last file was refused (until a good one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionTickets {
+    pub keys_loaded: usize,
+    pub last_error: Option<String>,
 }
 
 fn first_version() -> u32 {
@@ -90,6 +100,9 @@ pub struct Counters {
     /// Accepted connections queued for their handshake (admission paces, then refuses).
     #[serde(default)]
     pub waiting_for_handshake: i64,
+    /// Completed handshakes by kind (`full`, `resumed`).
+    #[serde(default)]
+    pub handshakes: BTreeMap<String, u64>,
 }
 
 #[cfg(test)]
@@ -140,7 +153,12 @@ mod tests {
                 certificate_reloads: BTreeMap::from([("success".into(), 1)]),
                 handshakes_in_flight: 4,
                 waiting_for_handshake: 17,
+                handshakes: BTreeMap::from([("full".into(), 4000), ("resumed".into(), 1000)]),
             },
+            session_tickets: Some(SessionTickets {
+                keys_loaded: 3,
+                last_error: None,
+            }),
         }
     }
 
