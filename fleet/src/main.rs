@@ -82,6 +82,9 @@ struct AgentsArgs {
     /// Limit on connect + TLS handshake + WELCOME.
     #[arg(long, env = "BALLAST_FLEET_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     connect_timeout: Duration,
+    /// Each agent resumes its TLS session on reconnect (default: every handshake is full).
+    #[arg(long, env = "BALLAST_FLEET_RESUME")]
+    resume: bool,
     /// Include one entry per agent in the summary.
     #[arg(long, env = "BALLAST_FLEET_PER_AGENT")]
     per_agent: bool,
@@ -173,6 +176,7 @@ async fn agents(args: AgentsArgs) -> Result<()> {
     config.backoff_base = args.backoff_base;
     config.backoff_cap = args.backoff_cap;
     config.connect_timeout = args.connect_timeout;
+    config.resume = args.resume;
     let fleet = Fleet::start(config)?;
     if !args.quiet {
         ballast_fleet::spawn_progress(&fleet, Duration::from_secs(1));

@@ -160,3 +160,54 @@ async fn a_renewal_ends_resumption_so_the_agent_sees_the_new_certificate() {
     assert_eq!(outcomes[1].sha256.as_deref(), Some(new_sha.as_str()));
     assert_eq!(outcomes[1].to, b.listen.to_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_agents_that_resume_skip_the_full_handshake_after_a_drain() {
+    let _serial = serial().await;
+    let dir = TempDir::new("tickets-fleet");
+    let keys = key_file(&dir.0, "keys.json");
+    let pod = TestPod::start(&["--ticket-keys", path_str(&keys)]).await;
+    let sidecar = &pod.sidecar;
+    const AGENTS: usize = 100;
+    let mut config = fleet_config(sidecar.listen, AGENTS, &pod.pki.ca.cert_pem());
+    config.resume = true;
+    let fleet = ballast_fleet::agents::Fleet::start(config).unwrap();
+    fleet
+        .wait_connected(AGENTS, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let full = "ballast_sidecar_handshakes_total{kind=\"full\"}";
+    let resumed = "ballast_sidecar_handshakes_total{kind=\"resumed\"}";
+    assert_eq!(sidecar.metric(full), AGENTS as f64);
+    // Every agent is drained (close_notify) and reconnects at once, offering its session.
+    let body = Some(r#"{"connections": "all", "over_seconds": 1}"#);
+    let (code, answer) = http(sidecar.admin, "POST", "/drain", body, None).unwrap();
+    assert_eq!(code, 202, "{answer}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sidecar.metric(resumed) < AGENTS as f64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {AGENTS} resumed; log:\n{}",
+            sidecar.metric(resumed),
+            sidecar.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fleet
+        .wait_connected(AGENTS, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let summary = fleet.stop().await;
+    assert_eq!(
+        sidecar.metric(full),
+        AGENTS as f64,
+        "no reconnect was a full handshake"
+    );
+    let failures: u64 = summary.handshake_failures.values().sum();
+    assert_eq!(
+        (failures, summary.abrupt_closes),
+        (0, 0),
+        "{}",
+        brief(&summary)
+    );
+}

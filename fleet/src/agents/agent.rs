@@ -43,11 +43,26 @@ const NO_TARGET_WAIT: Duration = Duration::from_millis(100);
 /// What every agent shares: configuration, TLS client and ledger.
 pub struct Context {
     pub config: FleetConfig,
-    pub connector: TlsConnector,
+    /// The shared TLS client (no resumption).
+    pub client: Arc<rustls::ClientConfig>,
     pub server_name: ServerName<'static>,
     /// Sources to bind to for targets on loopback when `config.source_ips` is empty.
     pub loopback_source_ips: Vec<IpAddr>,
     pub tally: Arc<Tally>,
+}
+
+impl Context {
+    /// One agent's TLS connector: the shared client, or with [`super::FleetConfig::resume`]
+    /// a copy with the agent's own session cache (a shared cache keeps only a few tickets per
+    /// server name, so most agents would find none).
+    fn connector(&self) -> TlsConnector {
+        if !self.config.resume {
+            return TlsConnector::from(self.client.clone());
+        }
+        let mut own = (*self.client).clone();
+        own.resumption = rustls::client::Resumption::in_memory_sessions(2);
+        TlsConnector::from(Arc::new(own))
+    }
 }
 
 /// An established connection, after WELCOME.
@@ -73,6 +88,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut rng = Rng::new(seed_for(id));
+    let connector = ctx.connector();
     if !pause(start_delay, &mut stop).await {
         return;
     }
@@ -92,7 +108,7 @@ pub async fn run(
             Some(addr) => tokio::select! {
                 biased;
                 _ = stopped(&mut stop) => return,
-                r = timeout(ctx.config.connect_timeout, establish(&ctx, id, addr)) => r,
+                r = timeout(ctx.config.connect_timeout, establish(&ctx, &connector, id, addr)) => r,
             },
         };
         let mut session = match established {
@@ -165,13 +181,17 @@ fn choose(targets: &Targets, id: usize, first: bool, rng: &mut Rng) -> Option<So
 }
 
 /// Connect, handshake, HELLO → WELCOME. Errors say which step failed.
-async fn establish(ctx: &Context, id: usize, addr: SocketAddr) -> Result<Session, FailureKind> {
+async fn establish(
+    ctx: &Context,
+    connector: &TlsConnector,
+    id: usize,
+    addr: SocketAddr,
+) -> Result<Session, FailureKind> {
     let tcp = connect_tcp(ctx, id, addr)
         .await
         .map_err(|_| FailureKind::Connect)?;
     let _ = tcp.set_nodelay(true);
-    let mut tls = ctx
-        .connector
+    let mut tls = connector
         .connect(ctx.server_name.clone(), tcp)
         .await
         .map_err(|_| FailureKind::Tls)?;

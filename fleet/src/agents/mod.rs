@@ -8,9 +8,12 @@
 //! handshakes, and how connections spread over the targets. It never judges a run; the
 //! [`FleetSummary`] is for tests and benchmarks to judge.
 //!
-//! TLS session resumption is disabled on purpose: every reconnect is a full handshake, which
-//! is the cost a reconnect storm really puts on a gateway, and it makes the certificate
-//! fingerprint each agent reports the one the server serves *now*.
+//! TLS session resumption is off by default: every reconnect is a full handshake, which is the
+//! cost a reconnect storm puts on a gateway whose agents do not resume, and it makes the
+//! certificate fingerprint each agent reports the one the server serves *now*. With
+//! [`FleetConfig::resume`] each agent keeps its own session and offers it on every reconnect,
+//! as a real device with a session cache does (the fingerprint is then the one the resumed
+//! session was made with).
 
 mod agent;
 mod backoff;
@@ -29,7 +32,6 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_rustls::TlsConnector;
 
 pub use backoff::{backoff_delay, Rng};
 pub use tally::FailureKind;
@@ -77,6 +79,8 @@ pub struct FleetConfig {
     pub backoff_cap: Duration,
     /// Limit on TCP connect + TLS handshake + HELLO/WELCOME.
     pub connect_timeout: Duration,
+    /// Each agent resumes its TLS session on reconnect (its own session cache).
+    pub resume: bool,
 }
 
 impl FleetConfig {
@@ -98,6 +102,7 @@ impl FleetConfig {
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            resume: false,
         }
     }
 }
@@ -158,7 +163,7 @@ impl Fleet {
         if config.heartbeat.is_zero() {
             bail!("the heartbeat interval must be positive");
         }
-        let connector = TlsConnector::from(client_config(&config.ca_pem)?);
+        let client = client_config(&config.ca_pem)?;
         let server_name = ServerName::try_from(config.server_name.clone())
             .with_context(|| format!("invalid server name {:?}", config.server_name))?;
         let start = Instant::now();
@@ -171,7 +176,7 @@ impl Fleet {
         let (stop, stop_rx) = watch::channel(false);
         let ctx = Arc::new(agent::Context {
             config: config.clone(),
-            connector,
+            client,
             server_name,
             loopback_source_ips: default_source_ips(config.agents),
             tally: tally.clone(),
@@ -261,7 +266,8 @@ impl Fleet {
     }
 }
 
-/// The agents' TLS client: ring provider, the given trust anchors, no resumption.
+/// The agents' TLS client: ring provider, the given trust anchors, no resumption (an agent
+/// that resumes makes its own copy with a session cache, [`agent::Context::connector`]).
 fn client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
