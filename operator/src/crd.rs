@@ -310,10 +310,12 @@ pub struct PresenceSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SidecarSpec {
-    /// Sidecar image.
-    #[serde(default = "defaults::sidecar_image")]
+    /// Sidecar image. Unset: the operator's own `--sidecar-image` (the chart's
+    /// `sidecar.image`, by default the sidecar of the operator's own version), so upgrading
+    /// the operator upgrades the sidecars at their next restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
-    pub image: String,
+    pub image: Option<String>,
     /// Admin port (/readyz, /metrics, /status, /drain).
     #[serde(default = "defaults::admin_port")]
     #[schemars(range(min = 1, max = 65535))]
@@ -538,9 +540,6 @@ mod defaults {
     }
     pub fn write_timeout() -> String {
         "30s".into()
-    }
-    pub fn sidecar_image() -> String {
-        format!("ballast/sidecar:{}", env!("CARGO_PKG_VERSION"))
     }
 }
 

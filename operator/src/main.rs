@@ -53,6 +53,10 @@ struct Config {
     /// How often each PresenceCluster is looked at again without a change.
     #[arg(long, env = "BALLAST_RESYNC", default_value = "10s", value_parser = ballast_contract::duration::parse_duration)]
     resync: Duration,
+    /// The sidecar image injected into PresenceClusters that do not name one (the chart sets
+    /// it from `sidecar.image`). Default: the sidecar of this operator's version.
+    #[arg(long, env = "BALLAST_SIDECAR_IMAGE", default_value_t = ballast_operator::workload::default_sidecar_image())]
+    sidecar_image: String,
     /// Sidecars bind the pod IP instead of 0.0.0.0/127.0.0.1: for clusters whose pods share one
     /// network namespace (the e2e process kubelet). Leave off on real clusters.
     #[arg(long, env = "BALLAST_BIND_POD_IP", default_value_t = false, action = clap::ArgAction::Set)]
@@ -346,6 +350,7 @@ async fn run_controller(
         env: Environment {
             bind_pod_ip: config.bind_pod_ip,
             report: Some(wiring),
+            sidecar_image: config.sidecar_image.clone(),
         },
         metrics,
         hub,

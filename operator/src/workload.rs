@@ -44,13 +44,30 @@ pub const ADMIN_MOUNT: &str = "/etc/ballast/admin";
 const TOKEN_SECONDS: i64 = 3600;
 
 /// How pods reach each other's addresses; a property of the cluster, not of one resource.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Environment {
     /// Bind the sidecar to the pod IP (and reach the gateway there) instead of 0.0.0.0 and
     /// 127.0.0.1: needed where pods share one network namespace (the e2e process kubelet).
     pub bind_pod_ip: bool,
     /// Where sidecars report; `None`: they report to no one and run on their own limits.
     pub report: Option<ReportWiring>,
+    /// The sidecar image for clusters that do not name one (`--sidecar-image`).
+    pub sidecar_image: String,
+}
+
+impl Default for Environment {
+    fn default() -> Self {
+        Self {
+            bind_pod_ip: false,
+            report: None,
+            sidecar_image: default_sidecar_image(),
+        }
+    }
+}
+
+/// The sidecar of this operator's own version, under the project's published name.
+pub fn default_sidecar_image() -> String {
+    format!("ballast/sidecar:{}", env!("CARGO_PKG_VERSION"))
 }
 
 /// The report channel as the sidecars see it.
@@ -407,7 +424,12 @@ fn sidecar_container(prc: &PresenceCluster, env: &Environment) -> Container {
     };
     Container {
         name: SIDECAR_CONTAINER.into(),
-        image: Some(spec.sidecar.image.clone()),
+        image: Some(
+            spec.sidecar
+                .image
+                .clone()
+                .unwrap_or_else(|| env.sidecar_image.clone()),
+        ),
         args: Some(args),
         env: Some(vec![EnvVar {
             name: "POD_IP".into(),
@@ -610,6 +632,26 @@ mod tests {
     }
 
     #[test]
+    fn the_sidecar_image_is_the_operators_own_version_unless_the_cluster_names_one() {
+        let image = |prc: &PresenceCluster, env: &Environment| sidecar(&build(prc, env)).image;
+        assert_eq!(
+            image(&example(), &Environment::default()).as_deref(),
+            Some(concat!("ballast/sidecar:", env!("CARGO_PKG_VERSION")))
+        );
+        let env = Environment {
+            sidecar_image: "registry.example/ballast/sidecar:9.9.9".into(),
+            ..Environment::default()
+        };
+        assert_eq!(
+            image(&example(), &env).as_deref(),
+            Some("registry.example/ballast/sidecar:9.9.9")
+        );
+        let mut prc = example();
+        prc.spec.sidecar.image = Some("mine/sidecar:dev".into());
+        assert_eq!(image(&prc, &env).as_deref(), Some("mine/sidecar:dev"));
+    }
+
+    #[test]
     fn shared_ticket_keys_are_mounted_and_passed_unless_disabled() {
         let w = build(&example(), &Environment::default());
         let c = sidecar(&w);
@@ -720,7 +762,7 @@ mod tests {
             &example(),
             &Environment {
                 bind_pod_ip: true,
-                report: None,
+                ..Environment::default()
             },
         );
         let args = sidecar(&w).args.unwrap();
@@ -737,6 +779,7 @@ mod tests {
                 server_name: "ballast-operator.ballast-system.svc".into(),
                 ca_pem: "-----BEGIN CERTIFICATE-----".into(),
             }),
+            sidecar_image: default_sidecar_image(),
         };
         let w = build(&example(), &env);
         let args = sidecar(&w).args.unwrap();

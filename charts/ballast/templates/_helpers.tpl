@@ -14,3 +14,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 app.kubernetes.io/name: ballast-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
+
+{{/* An image reference: [registry/]repository:tag, the tag defaulting to the chart's appVersion.
+     Takes a dict: image (repository, tag), registry, chart. */}}
+{{- define "ballast.image" -}}
+{{- $repo := .image.repository -}}
+{{- with .registry }}{{ $repo = printf "%s/%s" (trimSuffix "/" .) $repo }}{{ end -}}
+{{- printf "%s:%s" $repo (.image.tag | default .chart.AppVersion) -}}
+{{- end }}
