@@ -1,5 +1,5 @@
 # Everyday commands. `make demo` and `make test` are the two on the README's first screen.
-.PHONY: demo local-demo test soak lint fmt build bench bench-reports bench-rotations bench-sim simulate tools
+.PHONY: demo local-demo test soak lint fmt build images test-images bench bench-reports bench-rotations bench-sim simulate tools
 
 demo:            ## the system on a local Kubernetes control plane
 	scripts/demo.sh
@@ -27,6 +27,13 @@ fmt:
 
 build:
 	cargo build --workspace --release
+
+images:          ## OCI images of the operator, the sidecar and the sample gateway in target/images (podman, no daemon)
+	cargo build --release -p ballast-operator -p ballast-sidecar -p ballast-fleet
+	scripts/images.sh
+
+test-images: images ## the images checked: user 65532, entrypoint, labels, no shell, each binary run inside its root filesystem
+	scripts/check-images.sh
 
 bench:           ## ballast-sidecar vs HAProxy vs nginx, figures printed
 	scripts/bench-proxies.sh
