@@ -9,6 +9,9 @@ command -v python3 >/dev/null || need+=(python3)
 # The process kubelet runs non-root containers through setpriv, and mounts through unshare.
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v unshare >/dev/null || need+=(util-linux)
+# The MQTT reconnect-hint test runs a real broker (Debian's mosquitto: where policy-rc.d forbids
+# it, as on this image, no service starts; the test starts its own broker on a free port).
+[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || need+=(mosquitto)
 if [ "${1:-}" = "--bench" ]; then
   command -v haproxy >/dev/null || need+=(haproxy)
 fi
@@ -18,4 +21,11 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-echo "[tools] ok: openssl curl python3 setpriv unshare${1:+ haproxy}" >&2
+# Real MQTT 5 clients for the same test: Eclipse paho-mqtt from PyPI, into the python3 the
+# tests run.
+if ! python3 -c 'import paho.mqtt.client' 2>/dev/null; then
+  echo "[tools] installing paho-mqtt from PyPI…" >&2
+  python3 -m pip install -q "paho-mqtt==2.2.0" 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages "paho-mqtt==2.2.0"
+fi
+echo "[tools] ok: openssl curl python3 setpriv unshare mosquitto paho-mqtt${1:+ haproxy}" >&2

@@ -124,6 +124,32 @@ pub struct ListenerSpec {
     /// The client-facing Service.
     #[serde(default)]
     pub service: ServiceSpec,
+    /// The agents' protocol, for reconnect hints on a planned close: `tcp` (TLS close_notify
+    /// alone), `mqtt` (MQTT 5 agents first get DISCONNECT with reason 0x9C, use another
+    /// server), `auto` (MQTT when an agent's first bytes are an MQTT CONNECT, else tcp).
+    #[serde(default)]
+    pub protocol: AgentProtocol,
+}
+
+/// The agents' protocol on the listener.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentProtocol {
+    #[default]
+    Tcp,
+    Mqtt,
+    Auto,
+}
+
+impl AgentProtocol {
+    /// The sidecar's `--protocol` value.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Mqtt => "mqtt",
+            Self::Auto => "auto",
+        }
+    }
 }
 
 /// The client-facing Service.

@@ -368,6 +368,7 @@ fn sidecar_container(prc: &PresenceCluster, env: &Environment) -> Container {
         format!("--shutdown-drain={drain}s"),
         format!("--idle-timeout={}", spec.sidecar.idle_timeout),
         format!("--write-timeout={}", spec.sidecar.write_timeout),
+        format!("--protocol={}", spec.listener.protocol.flag()),
         format!("--admin-token-file={ADMIN_MOUNT}/token"),
         "--log-format=json".into(),
     ];
@@ -604,6 +605,7 @@ mod tests {
             "--shutdown-drain=600s",
             "--idle-timeout=0",
             "--write-timeout=30s",
+            "--protocol=tcp",
         ] {
             assert!(
                 args.contains(&expected.to_owned()),

@@ -95,6 +95,12 @@ pub struct Config {
     #[arg(long, env = "BALLAST_RELOAD_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub reload_interval: Duration,
 
+    /// The agents' protocol, for reconnect hints on a planned close: `tcp` (close_notify
+    /// alone), `mqtt` (MQTT 5 agents also get DISCONNECT 0x9C, use another server), `auto`
+    /// (MQTT when the agent's first bytes are an MQTT CONNECT).
+    #[arg(long, env = "BALLAST_PROTOCOL", value_enum, default_value = "tcp")]
+    pub protocol: crate::hint::Protocol,
+
     /// The cluster's session-ticket key file (`ticket-keys.json` of the operator's
     /// `<cluster>-ticket-keys` Secret). With it, TLS session tickets are sealed with keys every
     /// pod shares, so an agent moved to another pod resumes instead of a full handshake.

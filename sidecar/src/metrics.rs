@@ -111,6 +111,12 @@ pub struct Metrics {
     handshakes: Family<KindLabel, Counter>,
     ticket_key_reloads: Family<ResultLabel, Counter>,
     pub ticket_keys_loaded: Gauge,
+    reconnect_hints: Family<ProtocolLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabel {
+    protocol: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -156,6 +162,7 @@ impl Metrics {
             handshakes: Family::default(),
             ticket_key_reloads: Family::default(),
             ticket_keys_loaded: Gauge::default(),
+            reconnect_hints: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -273,7 +280,13 @@ impl Metrics {
             "Session-ticket keys in use (retired, current and next); 0 without --ticket-keys",
             m.ticket_keys_loaded.clone(),
         );
+        registry.register(
+            "reconnect_hints",
+            "Planned closes that told the agent in its own protocol to reconnect elsewhere, by protocol (mqtt5: DISCONNECT 0x9C)",
+            m.reconnect_hints.clone(),
+        );
         // Pre-create every label value so dashboards see zeros rather than gaps.
+        m.reconnect_hint("mqtt5");
         for kind in ["full", "resumed"] {
             m.handshake(kind);
         }
@@ -328,6 +341,13 @@ impl Metrics {
     /// `kind`: `full` or `resumed`.
     pub fn handshake(&self, kind: &'static str) -> Counter {
         self.handshakes.get_or_create(&KindLabel { kind }).clone()
+    }
+
+    /// `protocol`: `mqtt5`.
+    pub fn reconnect_hint(&self, protocol: &'static str) -> Counter {
+        self.reconnect_hints
+            .get_or_create(&ProtocolLabel { protocol })
+            .clone()
     }
 
     /// `result`: `success` or `refused`.

@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 use tokio_rustls::server::TlsStream;
 
 use crate::admission::Ticket;
+use crate::hint::Hints;
 use crate::metrics::CloseCause;
 use crate::proxy_protocol;
 use crate::server::Shared;
@@ -112,7 +113,16 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut ti
         write: shared.config.write_timeout,
         idle: Some(shared.config.idle_timeout).filter(|d| !d.is_zero()),
     };
-    let cause = pump(client, upstream, &registration.close, deadlines).await;
+    let hints = Hints::new(shared.config.protocol);
+    let cause = pump(
+        client,
+        upstream,
+        &registration.close,
+        deadlines,
+        hints,
+        metrics,
+    )
+    .await;
     drop(registration);
     metrics.connections.dec();
     metrics.closed(cause).inc();
@@ -205,7 +215,17 @@ async fn pump(
     mut upstream: TcpStream,
     close: &Notify,
     deadlines: Deadlines,
+    mut hints: Hints,
+    metrics: &crate::metrics::Metrics,
 ) -> CloseCause {
+    // A drain's close: the agent's protocol hint first (MQTT 5: use another server), if any.
+    let planned = |hints: &Hints| {
+        let hint = hints.on_planned_close();
+        if hint.is_some() {
+            metrics.reconnect_hint(hints.agent_protocol()).inc();
+        }
+        hint
+    };
     let mut client_sending = true;
     let mut upstream_sending = true;
     let mut first_to_finish: Option<CloseCause> = None;
@@ -222,12 +242,13 @@ async fn pump(
                 close,
                 deadlines,
                 &mut moved,
+                &mut hints,
             )
             .await
             {
                 Flow::Idle => {}
                 Flow::CloseAsked => {
-                    close_gracefully(&mut client, &mut upstream).await;
+                    close_gracefully(&mut client, &mut upstream, planned(&hints)).await;
                     return CloseCause::Drain;
                 }
                 Flow::Finished => {
@@ -246,12 +267,13 @@ async fn pump(
                 close,
                 deadlines,
                 &mut moved,
+                &mut hints,
             )
             .await
             {
                 Flow::Idle => {}
                 Flow::CloseAsked => {
-                    close_gracefully(&mut client, &mut upstream).await;
+                    close_gracefully(&mut client, &mut upstream, planned(&hints)).await;
                     return CloseCause::Drain;
                 }
                 Flow::Finished => {
@@ -287,12 +309,12 @@ async fn pump(
         };
         tokio::select! {
             _ = close.notified() => {
-                close_gracefully(&mut client, &mut upstream).await;
+                close_gracefully(&mut client, &mut upstream, planned(&hints)).await;
                 return CloseCause::Drain;
             }
             _ = idle => {
                 // close_notify all the same: an agent that was only quiet reconnects at once.
-                close_gracefully(&mut client, &mut upstream).await;
+                close_gracefully(&mut client, &mut upstream, None).await;
                 return CloseCause::Timeout;
             }
             ready = client.get_ref().0.readable(), if client_sending => {
@@ -313,6 +335,7 @@ async fn client_to_upstream(
     close: &Notify,
     deadlines: Deadlines,
     moved: &mut bool,
+    hints: &mut Hints,
 ) -> Flow {
     loop {
         if buffer.is_empty() {
@@ -323,6 +346,7 @@ async fn client_to_upstream(
             Some(Ok(0)) => return Flow::Finished,
             Some(Ok(n)) => {
                 *moved = true;
+                hints.agent_sent(&buffer[..n]);
                 let write = upstream.write_all(&buffer[..n]);
                 if let Some(flow) =
                     write_within(write, deadlines, close, CloseCause::Upstream).await
@@ -345,6 +369,7 @@ async fn upstream_to_client(
     close: &Notify,
     deadlines: Deadlines,
     moved: &mut bool,
+    hints: &mut Hints,
 ) -> Flow {
     loop {
         if buffer.is_empty() {
@@ -361,8 +386,11 @@ async fn upstream_to_client(
                 if let Some(flow) =
                     write_within(written, deadlines, close, CloseCause::Client).await
                 {
+                    // How much of the write reached the agent is unknown: no hint can follow.
+                    hints.lost();
                     return flow;
                 }
+                hints.gateway_sent(&buffer[..n]);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flow::Idle,
             Err(_) => return Flow::Broken(CloseCause::Upstream),
@@ -379,9 +407,21 @@ fn is_peer_gone(e: &io::Error) -> bool {
     )
 }
 
-/// TLS close_notify, then FIN, then a short wait for the agent to close its side.
-async fn close_gracefully(client: &mut TlsStream<TcpStream>, upstream: &mut TcpStream) {
+/// The agent's reconnect hint if there is one, TLS close_notify, then FIN, then a short wait
+/// for the agent to close its side.
+async fn close_gracefully(
+    client: &mut TlsStream<TcpStream>,
+    upstream: &mut TcpStream,
+    hint: Option<&[u8]>,
+) {
     let _ = upstream.shutdown().await;
+    if let Some(hint) = hint {
+        let sent = async {
+            client.write_all(hint).await?;
+            client.flush().await
+        };
+        let _ = tokio::time::timeout(CLOSE_LINGER, sent).await;
+    }
     if tokio::time::timeout(CLOSE_LINGER, client.shutdown())
         .await
         .is_err()

@@ -48,22 +48,13 @@ async fn three_hundred_agents_arriving_at_once_at_default_limits_all_get_in_with
     let dir = TempDir::new("burst");
     let ca = dir.0.join("ca.crt");
     std::fs::write(&ca, pki.ca.cert_pem()).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/burst.py");
-    let (host, port) = (sidecar.listen.ip().to_string(), sidecar.listen.port());
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .args([script, &host, &port.to_string(), path_str(&ca), "300"])
-            .output()
-            .expect("python3 runs (scripts/ensure-tools.sh checks for it)")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = vec![
+        sidecar.listen.ip().to_string(),
+        sidecar.listen.port().to_string(),
+        path_str(&ca).to_owned(),
+        "300".to_owned(),
+    ];
+    let stdout = python_client("burst.py", args).await;
     let outcome: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     eprintln!("300 at once: {outcome}");
     assert_eq!(outcome["ok"], 300, "{outcome}");

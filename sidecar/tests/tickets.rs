@@ -39,27 +39,9 @@ struct Outcome {
 /// Runs `resume.py`: a full handshake to `first`, then the same session offered to each of
 /// `tries`.
 async fn resume(ca: &Path, first: &Sidecar, tries: &[&Sidecar]) -> Vec<Outcome> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/resume.py");
-    let mut args = vec![
-        script.to_owned(),
-        path_str(ca).to_owned(),
-        first.listen.to_string(),
-    ];
+    let mut args = vec![path_str(ca).to_owned(), first.listen.to_string()];
     args.extend(tries.iter().map(|s| s.listen.to_string()));
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .args(&args)
-            .output()
-            .expect("python3 runs (scripts/ensure-tools.sh checks for it)")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = python_client("resume.py", args).await;
     let outcomes: Vec<Outcome> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

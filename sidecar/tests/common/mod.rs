@@ -386,6 +386,28 @@ pub async fn tls_connect(
         .unwrap()
 }
 
+/// Runs `tests/clients/<script>` with Python's own TLS stack (off the runtime's threads) and
+/// returns its standard output; a failed run panics with both outputs.
+pub async fn python_client(script: &str, args: Vec<String>) -> String {
+    let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(path)
+            .args(args)
+            .output()
+            .expect("python3 runs (scripts/ensure-tools.sh checks for it)")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 pub async fn handshake_fingerprint(addr: SocketAddr, ca_pem: &str) -> String {
     let tls = tls_connect(addr, ca_pem).await;
     let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
