@@ -21,11 +21,14 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-# Real MQTT 5 clients for the same test: Eclipse paho-mqtt from PyPI, into the python3 the
-# tests run.
-if ! python3 -c 'import paho.mqtt.client' 2>/dev/null; then
-  echo "[tools] installing paho-mqtt from PyPI…" >&2
-  python3 -m pip install -q "paho-mqtt==2.2.0" 2>/dev/null \
-    || python3 -m pip install -q --break-system-packages "paho-mqtt==2.2.0"
+# Real clients for the reconnect-hint tests, into the python3 the tests run, from PyPI:
+# Eclipse paho-mqtt (MQTT 5) and websockets (a WebSocket server and its clients).
+pip_need=()
+python3 -c 'import paho.mqtt.client' 2>/dev/null || pip_need+=("paho-mqtt==2.2.0")
+python3 -c 'import websockets.asyncio.server' 2>/dev/null || pip_need+=("websockets==15.0.1")
+if [ ${#pip_need[@]} -gt 0 ]; then
+  echo "[tools] installing ${pip_need[*]} from PyPI…" >&2
+  python3 -m pip install -q "${pip_need[@]}" 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages "${pip_need[@]}"
 fi
-echo "[tools] ok: openssl curl python3 setpriv unshare mosquitto paho-mqtt${1:+ haproxy}" >&2
+echo "[tools] ok: openssl curl python3 setpriv unshare mosquitto paho-mqtt websockets${1:+ haproxy}" >&2

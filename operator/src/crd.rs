@@ -126,7 +126,8 @@ pub struct ListenerSpec {
     pub service: ServiceSpec,
     /// The agents' protocol, for reconnect hints on a planned close: `tcp` (TLS close_notify
     /// alone), `mqtt` (MQTT 5 agents first get DISCONNECT with reason 0x9C, use another
-    /// server), `auto` (MQTT when an agent's first bytes are an MQTT CONNECT, else tcp).
+    /// server), `websocket` (a close frame with code 1012, service restart), `auto` (told apart
+    /// by each agent's first bytes: an MQTT CONNECT or an HTTP GET; anything else is tcp).
     #[serde(default)]
     pub protocol: AgentProtocol,
 }
@@ -138,6 +139,7 @@ pub enum AgentProtocol {
     #[default]
     Tcp,
     Mqtt,
+    Websocket,
     Auto,
 }
 
@@ -147,6 +149,7 @@ impl AgentProtocol {
         match self {
             Self::Tcp => "tcp",
             Self::Mqtt => "mqtt",
+            Self::Websocket => "websocket",
             Self::Auto => "auto",
         }
     }

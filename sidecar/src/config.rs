@@ -96,8 +96,9 @@ pub struct Config {
     pub reload_interval: Duration,
 
     /// The agents' protocol, for reconnect hints on a planned close: `tcp` (close_notify
-    /// alone), `mqtt` (MQTT 5 agents also get DISCONNECT 0x9C, use another server), `auto`
-    /// (MQTT when the agent's first bytes are an MQTT CONNECT).
+    /// alone), `mqtt` (MQTT 5 agents also get DISCONNECT 0x9C, use another server),
+    /// `websocket` (a close frame 1012, service restart), `auto` (either, by the agent's first
+    /// bytes).
     #[arg(long, env = "BALLAST_PROTOCOL", value_enum, default_value = "tcp")]
     pub protocol: crate::hint::Protocol,
 

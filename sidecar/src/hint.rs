@@ -2,16 +2,20 @@
 //! close_notify, so that an agent that understands them reconnects elsewhere at once instead of
 //! treating the close as a failure.
 //!
-//! Today: MQTT 5. An agent whose CONNECT says protocol level 5 gets `DISCONNECT` with reason
-//! code 0x9C ("use another server") when a drain closes it. The broker behind the sidecar still
-//! sees an unannounced close, so the agent's Last Will waits its Will Delay Interval, and a
-//! reconnect within it (which the hint makes immediate) cancels the will.
+//! - MQTT 5: an agent whose CONNECT says protocol level 5 gets `DISCONNECT` with reason code
+//!   0x9C ("use another server"). The broker behind the sidecar still sees an unannounced
+//!   close, so the agent's Last Will waits its Will Delay Interval, and a reconnect within it
+//!   (which the hint makes immediate) cancels the will.
+//! - WebSocket: an agent whose upgrade the gateway accepted (`HTTP/1.1 101`) gets a close frame
+//!   with code 1012 ("service restart"), which WebSocket clients take as "reconnect".
 //!
 //! To insert a packet without corrupting the stream, this module follows the gateway→agent byte
-//! stream's MQTT framing (fixed header and remaining length, nothing more) and sends the hint
-//! only at a packet boundary. Whenever it is unsure — a packet half-forwarded, a write that was
-//! interrupted, bytes that are not MQTT, an MQTT 3.1.1 agent (which has no server DISCONNECT) —
-//! it sends nothing, and the close is close_notify alone, as for any TCP protocol.
+//! stream's framing (MQTT: fixed header and remaining length; WebSocket: the HTTP response head,
+//! then each frame's header and length; nothing more) and sends the hint only between two
+//! packets or frames (RFC 6455 lets a control frame come between the fragments of a message).
+//! Whenever it is unsure — a packet half-forwarded, a write that was interrupted, bytes it
+//! cannot follow, an MQTT 3.1.1 agent (which has no server DISCONNECT), an upgrade the gateway
+//! refused — it sends nothing, and the close is close_notify alone, as for any TCP protocol.
 //!
 //! It never changes, delays or buffers the bytes it watches (it keeps at most the first 12 bytes
 //! of the agent's stream), and never does I/O: the proxy writes what it returns.
@@ -23,42 +27,61 @@ pub enum Protocol {
     Tcp,
     /// MQTT: a DISCONNECT 0x9C to MQTT 5 agents.
     Mqtt,
-    /// MQTT when the agent's first bytes are an MQTT CONNECT, otherwise opaque. (With MQTT
-    /// the only protocol followed so far, `mqtt` does the same: a non-MQTT agent gets no hint.)
+    /// WebSocket: a close frame 1012 to agents whose upgrade the gateway accepted.
+    Websocket,
+    /// Either, told apart by the agent's first bytes (an MQTT CONNECT, or an HTTP `GET`).
     Auto,
 }
 
 /// MQTT 5 DISCONNECT: type 14, remaining length 2, reason 0x9C (Use another server), no
 /// properties.
 pub const MQTT5_USE_ANOTHER_SERVER: [u8; 4] = [0xE0, 0x02, 0x9C, 0x00];
+/// WebSocket close frame from a server (FIN, opcode 8, unmasked, 2 bytes): code 1012,
+/// Service Restart.
+pub const WEBSOCKET_SERVICE_RESTART: [u8; 4] = [0x88, 0x02, 0x03, 0xF4];
 
-/// What the agent's first packet said.
+/// The status line a gateway accepts a WebSocket upgrade with.
+const SWITCHING_PROTOCOLS: &[u8; 12] = b"HTTP/1.1 101";
+const END_OF_HEAD: &[u8; 4] = b"\r\n\r\n";
+
+/// What the agent's first bytes said.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Agent {
     /// Not enough bytes yet.
     Unknown,
     /// An MQTT CONNECT with this protocol level (4: 3.1.1, 5: MQTT 5).
     Mqtt(u8),
+    /// An HTTP request: a WebSocket once the gateway answers 101.
+    WebSocket,
     /// Anything else: no hint ever.
     Other,
 }
 
-/// Where the gateway→agent stream is in MQTT's framing.
+/// Where the gateway→agent stream is in its framing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Frame {
-    /// Between packets: a packet may be inserted here.
+    /// Between packets or frames: a hint may be inserted here.
     Boundary,
-    /// Reading the remaining-length varint: its value so far and how many bytes were read.
-    Length { value: u32, read: u8 },
-    /// Inside a packet's body, this many bytes to go.
-    Body(u32),
-    /// Not following any more (malformed bytes or an interrupted write): never insert.
+    /// MQTT: reading the remaining-length varint, its value so far and bytes read.
+    MqttLength { value: u32, read: u8 },
+    /// WebSocket: the HTTP response head; status-line bytes checked, `\r\n\r\n` bytes matched.
+    HttpHead { checked: u8, matched: u8 },
+    /// WebSocket: the frame's first byte was read; the second (mask bit, length) is next.
+    WsSecond,
+    /// WebSocket: reading an extended length (`left` bytes to go), then a mask key if masked.
+    WsLength { left: u8, value: u64, masked: bool },
+    /// WebSocket: reading the masking key (`left` bytes), then the body.
+    WsMask { left: u8, body: u64 },
+    /// Inside a packet's or frame's body, this many bytes to go.
+    Body(u64),
+    /// Not following any more (bytes it cannot follow or an interrupted write): never insert.
     Lost,
 }
 
 /// One connection's view of both directions, as far as hints need it.
 #[derive(Debug)]
 pub struct Hints {
+    protocol: Protocol,
     agent: Agent,
     first: [u8; 12],
     first_len: u8,
@@ -68,6 +91,7 @@ pub struct Hints {
 impl Hints {
     pub fn new(protocol: Protocol) -> Self {
         Self {
+            protocol,
             agent: if protocol == Protocol::Tcp {
                 Agent::Other
             } else {
@@ -88,35 +112,31 @@ impl Hints {
         let take = (self.first.len() - have).min(bytes.len());
         self.first[have..have + take].copy_from_slice(&bytes[..take]);
         self.first_len += take as u8;
-        self.agent = read_connect(&self.first[..self.first_len as usize]);
+        self.agent = read_first(&self.first[..self.first_len as usize], self.protocol);
+        if self.agent == Agent::WebSocket {
+            self.gateway = Frame::HttpHead {
+                checked: 0,
+                matched: 0,
+            };
+        }
     }
 
     /// Bytes the gateway sent, once they were all written to the agent.
     pub fn gateway_sent(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.gateway = match self.gateway {
-                Frame::Lost => return,
-                Frame::Boundary => Frame::Length { value: 0, read: 0 },
-                Frame::Length { value, read } => {
-                    let value = value | (u32::from(byte & 0x7F) << (7 * u32::from(read)));
-                    if byte & 0x80 == 0 {
-                        if value == 0 {
-                            Frame::Boundary
-                        } else {
-                            Frame::Body(value)
-                        }
-                    } else if read + 1 >= 4 {
-                        Frame::Lost
-                    } else {
-                        Frame::Length {
-                            value,
-                            read: read + 1,
-                        }
+        match self.agent {
+            Agent::Other => {}
+            // The gateway spoke before the agent said what it is: nothing to follow.
+            Agent::Unknown if !bytes.is_empty() => self.gateway = Frame::Lost,
+            Agent::Unknown => {}
+            Agent::Mqtt(_) | Agent::WebSocket => {
+                let websocket = self.agent == Agent::WebSocket;
+                for &byte in bytes {
+                    self.gateway = next(self.gateway, byte, websocket);
+                    if self.gateway == Frame::Lost {
+                        return;
                     }
                 }
-                Frame::Body(1) => Frame::Boundary,
-                Frame::Body(left) => Frame::Body(left - 1),
-            };
+            }
         }
     }
 
@@ -128,8 +148,14 @@ impl Hints {
     /// What to send the agent before close_notify on a planned close: the hint, if the agent
     /// understands one and the stream is between packets.
     pub fn on_planned_close(&self) -> Option<&'static [u8]> {
-        (self.agent == Agent::Mqtt(5) && self.gateway == Frame::Boundary)
-            .then_some(&MQTT5_USE_ANOTHER_SERVER[..])
+        if self.gateway != Frame::Boundary {
+            return None;
+        }
+        match self.agent {
+            Agent::Mqtt(5) => Some(&MQTT5_USE_ANOTHER_SERVER[..]),
+            Agent::WebSocket => Some(&WEBSOCKET_SERVICE_RESTART[..]),
+            _ => None,
+        }
     }
 
     /// The agent's protocol as seen so far, for logs and metrics.
@@ -137,18 +163,132 @@ impl Hints {
         match self.agent {
             Agent::Mqtt(5) => "mqtt5",
             Agent::Mqtt(_) => "mqtt",
+            Agent::WebSocket => "websocket",
             Agent::Unknown | Agent::Other => "tcp",
         }
     }
 }
 
-/// Reads an MQTT CONNECT's protocol level from a stream's first bytes: fixed header 0x10, the
-/// remaining length (1–4 bytes), the protocol name "MQTT" (length-prefixed), the level.
-fn read_connect(bytes: &[u8]) -> Agent {
+/// One byte further in the gateway→agent framing.
+fn next(frame: Frame, byte: u8, websocket: bool) -> Frame {
+    match frame {
+        Frame::Lost => Frame::Lost,
+        Frame::Boundary if websocket => Frame::WsSecond,
+        Frame::Boundary => Frame::MqttLength { value: 0, read: 0 },
+        Frame::MqttLength { value, read } => {
+            let value = value | (u32::from(byte & 0x7F) << (7 * u32::from(read)));
+            if byte & 0x80 == 0 {
+                body(u64::from(value))
+            } else if read + 1 >= 4 {
+                Frame::Lost
+            } else {
+                Frame::MqttLength {
+                    value,
+                    read: read + 1,
+                }
+            }
+        }
+        Frame::HttpHead { checked, matched } => {
+            if usize::from(checked) < SWITCHING_PROTOCOLS.len()
+                && byte != SWITCHING_PROTOCOLS[usize::from(checked)]
+            {
+                // Not an accepted upgrade: the stream is plain HTTP, not followed.
+                return Frame::Lost;
+            }
+            let checked = checked.saturating_add(1);
+            let matched = if byte == END_OF_HEAD[usize::from(matched)] {
+                matched + 1
+            } else if byte == END_OF_HEAD[0] {
+                1
+            } else {
+                0
+            };
+            if usize::from(matched) == END_OF_HEAD.len() {
+                Frame::Boundary
+            } else {
+                Frame::HttpHead { checked, matched }
+            }
+        }
+        Frame::WsSecond => {
+            let masked = byte & 0x80 != 0;
+            match byte & 0x7F {
+                126 => Frame::WsLength {
+                    left: 2,
+                    value: 0,
+                    masked,
+                },
+                127 => Frame::WsLength {
+                    left: 8,
+                    value: 0,
+                    masked,
+                },
+                len => after_length(u64::from(len), masked),
+            }
+        }
+        Frame::WsLength {
+            left,
+            value,
+            masked,
+        } => {
+            let value = (value << 8) | u64::from(byte);
+            if left == 1 {
+                after_length(value, masked)
+            } else {
+                Frame::WsLength {
+                    left: left - 1,
+                    value,
+                    masked,
+                }
+            }
+        }
+        Frame::WsMask { left: 1, body: len } => body(len),
+        Frame::WsMask { left, body } => Frame::WsMask {
+            left: left - 1,
+            body,
+        },
+        Frame::Body(1) => Frame::Boundary,
+        Frame::Body(left) => Frame::Body(left - 1),
+    }
+}
+
+fn body(len: u64) -> Frame {
+    if len == 0 {
+        Frame::Boundary
+    } else {
+        Frame::Body(len)
+    }
+}
+
+fn after_length(len: u64, masked: bool) -> Frame {
+    if masked {
+        Frame::WsMask { left: 4, body: len }
+    } else {
+        body(len)
+    }
+}
+
+/// Reads what the agent speaks from its stream's first bytes: an MQTT CONNECT's protocol
+/// level (fixed header 0x10, the remaining length in 1–4 bytes, the protocol name "MQTT"
+/// length-prefixed, the level), or an HTTP `GET` (a WebSocket upgrade, once the gateway
+/// accepts it), as far as `protocol` allows.
+fn read_first(bytes: &[u8], protocol: Protocol) -> Agent {
     let Some(&first) = bytes.first() else {
         return Agent::Unknown;
     };
-    if first != 0x10 {
+    let mqtt = matches!(protocol, Protocol::Mqtt | Protocol::Auto);
+    let websocket = matches!(protocol, Protocol::Websocket | Protocol::Auto);
+    if first == b'G' && websocket {
+        let get = b"GET ";
+        let seen = bytes.len().min(get.len());
+        return if bytes[..seen] != get[..seen] {
+            Agent::Other
+        } else if seen < get.len() {
+            Agent::Unknown
+        } else {
+            Agent::WebSocket
+        };
+    }
+    if first != 0x10 || !mqtt {
         return Agent::Other;
     }
     let mut at = 1;
@@ -214,9 +354,13 @@ mod tests {
         v311.agent_sent(&connect(4));
         assert_eq!(v311.on_planned_close(), None);
 
-        let mut http = Hints::new(Protocol::Auto);
+        let mut http = Hints::new(Protocol::Mqtt);
         http.agent_sent(b"GET / HTTP/1.1\r\n");
-        assert_eq!(http.on_planned_close(), None);
+        assert_eq!(
+            http.on_planned_close(),
+            None,
+            "mqtt does not follow WebSocket"
+        );
 
         let mut tcp = Hints::new(Protocol::Tcp);
         tcp.agent_sent(&connect(5));
@@ -240,5 +384,88 @@ mod tests {
             None,
             "the level is not known yet"
         );
+
+        let mut early = Hints::new(Protocol::Auto);
+        early.gateway_sent(b"220 hello\r\n");
+        early.agent_sent(&connect(5));
+        assert_eq!(early.on_planned_close(), None, "the gateway spoke first");
+    }
+
+    /// A server→client WebSocket frame (unmasked) with `len` payload bytes.
+    fn ws_frame(opcode: u8, fin: bool, len: usize) -> Vec<u8> {
+        let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
+        match len {
+            0..=125 => frame.push(len as u8),
+            126..=0xFFFF => {
+                frame.push(126);
+                frame.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                frame.push(127);
+                frame.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        frame.extend(std::iter::repeat_n(b'x', len));
+        frame
+    }
+
+    const ACCEPTED: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+
+    #[test]
+    fn a_websocket_agent_gets_close_1012_between_frames_only() {
+        let mut hints = Hints::new(Protocol::Auto);
+        hints.agent_sent(b"GET /presence HTTP/1.1\r\nUpgrade: websocket\r\n");
+        assert_eq!(hints.agent_protocol(), "websocket");
+        for (i, byte) in ACCEPTED.iter().enumerate() {
+            assert_eq!(hints.on_planned_close(), None, "inside the head, byte {i}");
+            hints.gateway_sent(&[*byte]);
+        }
+        assert_eq!(
+            hints.on_planned_close(),
+            Some(&WEBSOCKET_SERVICE_RESTART[..])
+        );
+        // Every length encoding, a fragmented message and a masked frame, byte by byte.
+        let mut masked = vec![0x82, 0x80 | 3, 1, 2, 3, 4];
+        masked.extend_from_slice(b"abc");
+        let frames = [
+            ws_frame(1, true, 5),
+            ws_frame(2, true, 300),
+            ws_frame(2, true, 70_000),
+            ws_frame(1, false, 10),
+            ws_frame(0, true, 0),
+            masked,
+        ];
+        for frame in frames {
+            for (i, byte) in frame.iter().enumerate() {
+                hints.gateway_sent(&[*byte]);
+                let done = i + 1 == frame.len();
+                assert_eq!(
+                    hints.on_planned_close().is_some(),
+                    done,
+                    "byte {i} of {}",
+                    frame.len()
+                );
+            }
+        }
+        // Whole frames in one read.
+        hints.gateway_sent(&[ws_frame(1, true, 3), ws_frame(9, true, 0)].concat());
+        assert!(hints.on_planned_close().is_some());
+    }
+
+    #[test]
+    fn no_close_frame_when_the_gateway_refused_the_upgrade_or_for_plain_http() {
+        let mut refused = Hints::new(Protocol::Websocket);
+        refused.agent_sent(b"GET / HTTP/1.1\r\n");
+        refused.gateway_sent(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        assert_eq!(refused.on_planned_close(), None);
+
+        let mut post = Hints::new(Protocol::Websocket);
+        post.agent_sent(b"POST / HTTP/1.1\r\n");
+        assert_eq!(post.agent_protocol(), "tcp");
+        assert_eq!(post.on_planned_close(), None);
+
+        let mut mqtt_on_websocket = Hints::new(Protocol::Websocket);
+        mqtt_on_websocket.agent_sent(&connect(5));
+        assert_eq!(mqtt_on_websocket.on_planned_close(), None);
     }
 }

@@ -15,8 +15,8 @@
 //!   `secret_watch` wakes the reload when the kubelet swaps the Secret volume; `tickets`
 //!   seals session tickets with the cluster's shared keys so moved agents resume.
 //! - `proxy` and `proxy_protocol`: one connection's bytes, without idle buffers; `hint`
-//!   follows the agents' MQTT framing just enough to tell MQTT 5 agents, on a planned close,
-//!   to use another server.
+//!   follows the agents' MQTT or WebSocket framing just enough to tell them, on a planned
+//!   close, to reconnect elsewhere.
 //! - `connections`: the table of live connections a drain chooses from.
 //! - `drain`: closing N connections over a window at the pace of `ballast_contract::pacing`.
 //! - `admin` and `metrics`: `/healthz`, `/readyz`, `/metrics`, `/status`, `/drain`; the

@@ -282,11 +282,13 @@ impl Metrics {
         );
         registry.register(
             "reconnect_hints",
-            "Planned closes that told the agent in its own protocol to reconnect elsewhere, by protocol (mqtt5: DISCONNECT 0x9C)",
+            "Planned closes that told the agent in its own protocol to reconnect elsewhere, by protocol (mqtt5: DISCONNECT 0x9C; websocket: close 1012)",
             m.reconnect_hints.clone(),
         );
         // Pre-create every label value so dashboards see zeros rather than gaps.
-        m.reconnect_hint("mqtt5");
+        for protocol in ["mqtt5", "websocket"] {
+            m.reconnect_hint(protocol);
+        }
         for kind in ["full", "resumed"] {
             m.handshake(kind);
         }
@@ -343,7 +345,7 @@ impl Metrics {
         self.handshakes.get_or_create(&KindLabel { kind }).clone()
     }
 
-    /// `protocol`: `mqtt5`.
+    /// `protocol`: `mqtt5` or `websocket`.
     pub fn reconnect_hint(&self, protocol: &'static str) -> Counter {
         self.reconnect_hints
             .get_or_create(&ProtocolLabel { protocol })

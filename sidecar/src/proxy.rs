@@ -188,23 +188,53 @@ struct Deadlines {
     idle: Option<Duration>,
 }
 
-/// Runs `write` within `deadlines.write`, unless a close is asked first.
+/// How a write ended.
+enum Written {
+    /// Every byte was written.
+    Whole,
+    /// Every byte was written, and a drain asked to close meanwhile.
+    WholeThenClose,
+    /// The write did not finish (how much of it went out is unknown).
+    Cut(Flow),
+}
+
+/// How long a write already under way may go on after a drain asks to close: long enough for
+/// a healthy peer to take it (so the stream ends between two messages and a reconnect hint can
+/// follow), short enough that a stalled peer cannot hold the drain.
+const CLOSE_WRITE_GRACE: Duration = Duration::from_millis(100);
+
+/// Runs `write` within `deadlines.write`; a drain's close interrupts it after
+/// [`CLOSE_WRITE_GRACE`] if it is still not done.
 async fn write_within(
     write: impl Future<Output = io::Result<()>>,
     deadlines: Deadlines,
     close: &Notify,
     peer_cause: CloseCause,
-) -> Option<Flow> {
+) -> Written {
+    let ended = |written: Result<io::Result<()>, tokio::time::error::Elapsed>| match written {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) if peer_cause == CloseCause::Client && !is_peer_gone(&e) => {
+            Some(Flow::Broken(CloseCause::Error))
+        }
+        Ok(Err(_)) => Some(Flow::Broken(peer_cause)),
+        Err(_) => Some(Flow::Broken(CloseCause::Timeout)),
+    };
+    let mut write = pin!(tokio::time::timeout(deadlines.write, write));
     tokio::select! {
-        written = tokio::time::timeout(deadlines.write, write) => match written {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) if peer_cause == CloseCause::Client && !is_peer_gone(&e) => {
-                Some(Flow::Broken(CloseCause::Error))
-            }
-            Ok(Err(_)) => Some(Flow::Broken(peer_cause)),
-            Err(_) => Some(Flow::Broken(CloseCause::Timeout)),
+        // The write first: a close asked while nothing was pending lets it complete.
+        biased;
+        written = &mut write => return match ended(written) {
+            None => Written::Whole,
+            Some(flow) => Written::Cut(flow),
         },
-        _ = close.notified() => Some(Flow::CloseAsked),
+        _ = close.notified() => {}
+    }
+    match tokio::time::timeout(CLOSE_WRITE_GRACE, &mut write).await {
+        Ok(written) => match ended(written) {
+            None => Written::WholeThenClose,
+            Some(flow) => Written::Cut(flow),
+        },
+        Err(_) => Written::Cut(Flow::CloseAsked),
     }
 }
 
@@ -348,10 +378,10 @@ async fn client_to_upstream(
                 *moved = true;
                 hints.agent_sent(&buffer[..n]);
                 let write = upstream.write_all(&buffer[..n]);
-                if let Some(flow) =
-                    write_within(write, deadlines, close, CloseCause::Upstream).await
-                {
-                    return flow;
+                match write_within(write, deadlines, close, CloseCause::Upstream).await {
+                    Written::Whole => {}
+                    Written::WholeThenClose => return Flow::CloseAsked,
+                    Written::Cut(flow) => return flow,
                 }
             }
             // A TCP EOF without close_notify: the agent went away without saying goodbye.
@@ -383,14 +413,18 @@ async fn upstream_to_client(
                     client.write_all(&buffer[..n]).await?;
                     client.flush().await
                 };
-                if let Some(flow) =
-                    write_within(written, deadlines, close, CloseCause::Client).await
-                {
-                    // How much of the write reached the agent is unknown: no hint can follow.
-                    hints.lost();
-                    return flow;
+                match write_within(written, deadlines, close, CloseCause::Client).await {
+                    Written::Whole => hints.gateway_sent(&buffer[..n]),
+                    Written::WholeThenClose => {
+                        hints.gateway_sent(&buffer[..n]);
+                        return Flow::CloseAsked;
+                    }
+                    Written::Cut(flow) => {
+                        // How much of it reached the agent is unknown: no hint can follow.
+                        hints.lost();
+                        return flow;
+                    }
                 }
-                hints.gateway_sent(&buffer[..n]);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flow::Idle,
             Err(_) => return Flow::Broken(CloseCause::Upstream),

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -103,25 +102,19 @@ async fn drained_mqtt5_agents_are_told_to_use_another_server_and_no_will_fires()
     let ca = dir.0.join("ca.crt");
     std::fs::write(&ca, pki.ca.cert_pem()).unwrap();
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/mqtt_agents.py");
-    let mut agents = Command::new("python3")
-        .arg(script)
-        .args([
-            &sidecar.listen.ip().to_string(),
-            &sidecar.listen.port().to_string(),
-        ])
-        .arg(&ca)
-        .args([
-            &broker.addr.ip().to_string(),
-            &broker.addr.port().to_string(),
-        ])
-        .args([AGENTS.to_string(), WILL_DELAY.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 with paho-mqtt (scripts/ensure-tools.sh installs it)");
-    let mut lines = BufReader::new(agents.stdout.take().unwrap()).lines();
-    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let mut agents = Driven::python(
+        "mqtt_agents.py",
+        &[
+            sidecar.listen.ip().to_string(),
+            sidecar.listen.port().to_string(),
+            path_str(&ca).to_owned(),
+            broker.addr.ip().to_string(),
+            broker.addr.port().to_string(),
+            AGENTS.to_string(),
+            WILL_DELAY.to_string(),
+        ],
+    );
+    let first = agents.read_json();
     assert_eq!(first["connected"], AGENTS, "{first}\n{}", broker.log_text());
 
     // A paced drain of half the agents.
@@ -150,9 +143,8 @@ async fn drained_mqtt5_agents_are_told_to_use_another_server_and_no_will_fires()
         (back + Duration::from_secs(WILL_DELAY + 2)).saturating_duration_since(Instant::now()),
     )
     .await;
-    writeln!(agents.stdin.as_mut().unwrap(), "report").unwrap();
-    let report: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    let _ = agents.wait();
+    agents.say("report");
+    let report = agents.read_json();
     let context = format!(
         "{report}\nsidecar log:\n{}\nbroker log:\n{}",
         sidecar.log_text(),

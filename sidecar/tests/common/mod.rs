@@ -386,6 +386,51 @@ pub async fn tls_connect(
         .unwrap()
 }
 
+/// A client process driven over stdin/stdout (`tests/clients/*.py`), killed when the test
+/// ends, passing or not, so that a failed test never leaves it running.
+pub struct Driven {
+    pub child: Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Driven {
+    /// Starts `python3 tests/clients/<script> args…` with piped stdin and stdout.
+    pub fn python(script: &str, args: &[String]) -> Self {
+        let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
+        let mut child = Command::new("python3")
+            .arg(path)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs (scripts/ensure-tools.sh installs what the clients need)");
+        let lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+        Self { child, lines }
+    }
+
+    /// The next line the client printed, as JSON.
+    pub fn read_json(&mut self) -> serde_json::Value {
+        let line = self
+            .lines
+            .next()
+            .expect("the client printed a line before exiting")
+            .unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    }
+
+    /// Sends one line to the client.
+    pub fn say(&mut self, line: &str) {
+        writeln!(self.child.stdin.as_mut().unwrap(), "{line}").unwrap();
+    }
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Runs `tests/clients/<script>` with Python's own TLS stack (off the runtime's threads) and
 /// returns its standard output; a failed run panics with both outputs.
 pub async fn python_client(script: &str, args: Vec<String>) -> String {
