@@ -723,15 +723,26 @@ async fn operator_end_to_end() {
         "every moved agent came back: {m}"
     );
     assert_eq!(m["unplannedCloses"], 0);
+    // The Events are written by the operator's recorder a moment after the status it reads
+    // here (a run saw the status before the Event): waited for, not looked at once.
     let events: Api<Event> = Api::namespaced(lc.client.clone(), NS);
-    let list = events.list(&ListParams::default()).await.unwrap();
     for reason in ["MigrationStarted", "MigrationFinished"] {
-        assert!(
-            list.items
-                .iter()
-                .any(|e| e.reason.as_deref() == Some(reason)),
-            "no {reason} Event"
-        );
+        eventually(
+            &format!("a {reason} Event"),
+            Duration::from_secs(10),
+            || async {
+                let list = events
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                list.items
+                    .iter()
+                    .any(|e| e.reason.as_deref() == Some(reason))
+                    .then_some(())
+                    .ok_or_else(|| format!("{} Events, none {reason}", list.items.len()))
+            },
+        )
+        .await;
     }
     step!("edge-2 deleted holding {holding} agents: Migrating=True during the drain ({}), then False: {m}", during["migration"]);
 

@@ -171,8 +171,7 @@ async fn ensure_admin_token(
 ) -> Result<(), Error> {
     let name = workload::admin_token_name(&prc.name_any());
     let mut bytes = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-        .expect("the system's random source works");
+    random_fill(&mut bytes);
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let secret = secrets::managed(
         namespace,
@@ -242,14 +241,17 @@ async fn ensure_ticket_keys(
 }
 
 fn fresh_ticket_key() -> KeyBytes {
-    let random = ring::rand::SystemRandom::new();
     let mut key = KeyBytes {
         name: [0; ticket_keys::NAME_LEN],
         secret: [0; ticket_keys::SECRET_LEN],
     };
-    ring::rand::SecureRandom::fill(&random, &mut key.name)
-        .expect("the system's random source works");
-    ring::rand::SecureRandom::fill(&random, &mut key.secret)
-        .expect("the system's random source works");
+    random_fill(&mut key.name);
+    random_fill(&mut key.secret);
     key
+}
+
+/// Fills `bytes` from the system's secure random source (tokens and keys).
+fn random_fill(bytes: &mut [u8]) {
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), bytes)
+        .expect("the system's random source works");
 }

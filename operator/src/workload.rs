@@ -214,37 +214,13 @@ fn statefulset(prc: &PresenceCluster, name: &str, env: &Environment) -> Stateful
         .fs_group
         .get_or_insert(SIDECAR_UID);
     let volumes = pod.volumes.get_or_insert_with(Vec::new);
-    volumes.push(Volume {
-        name: TLS_VOLUME.into(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(spec.tls.secret_name.clone()),
-            default_mode: Some(0o440),
-            ..SecretVolumeSource::default()
-        }),
-        ..Volume::default()
-    });
-    volumes.push(Volume {
-        name: ADMIN_VOLUME.into(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(admin_token_name(name)),
-            default_mode: Some(0o440),
-            ..SecretVolumeSource::default()
-        }),
-        ..Volume::default()
-    });
+    volumes.push(secret_volume(TLS_VOLUME, &spec.tls.secret_name));
+    volumes.push(secret_volume(ADMIN_VOLUME, &admin_token_name(name)));
     if env.report.is_some() {
         volumes.push(report_volume(name));
     }
     if spec.tls.session_tickets.enabled {
-        volumes.push(Volume {
-            name: TICKETS_VOLUME.into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(ticket_keys_name(name)),
-                default_mode: Some(0o440),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
+        volumes.push(secret_volume(TICKETS_VOLUME, &ticket_keys_name(name)));
     }
     // The kubelet must wait for the whole drain before killing anything.
     let needed = drain_seconds + GRACE_MARGIN_SECONDS;
@@ -293,6 +269,20 @@ fn outlive_the_drain(gateway: &mut Container, admin_port: i32) {
             }),
             ..LifecycleHandler::default()
         });
+    }
+}
+
+/// A Secret mounted as files readable by owner and group only (the sidecar reads them through
+/// the pod's fsGroup).
+fn secret_volume(volume: &str, secret: &str) -> Volume {
+    Volume {
+        name: volume.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
     }
 }
 
