@@ -14,7 +14,6 @@ use ballast_fleet::certs::{Ca, Validity};
 use common::*;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Api;
@@ -723,25 +722,10 @@ async fn operator_end_to_end() {
         "every moved agent came back: {m}"
     );
     assert_eq!(m["unplannedCloses"], 0);
-    // The Events are written by the operator's recorder a moment after the status it reads
-    // here (a run saw the status before the Event): waited for, not looked at once.
-    let events: Api<Event> = Api::namespaced(lc.client.clone(), NS);
     for reason in ["MigrationStarted", "MigrationFinished"] {
-        eventually(
-            &format!("a {reason} Event"),
-            Duration::from_secs(10),
-            || async {
-                let list = events
-                    .list(&ListParams::default())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                list.items
-                    .iter()
-                    .any(|e| e.reason.as_deref() == Some(reason))
-                    .then_some(())
-                    .ok_or_else(|| format!("{} Events, none {reason}", list.items.len()))
-            },
-        )
+        wait_for_event(&lc.client, NS, reason, Duration::from_secs(10), |e| {
+            e.reason.as_deref() == Some(reason)
+        })
         .await;
     }
     step!("edge-2 deleted holding {holding} agents: Migrating=True during the drain ({}), then False: {m}", during["migration"]);
@@ -1003,24 +987,15 @@ async fn operator_end_to_end() {
         },
     )
     .await;
-    let events: Api<Event> = Api::namespaced(lc.client.clone(), NS);
-    eventually(
+    wait_for_event(
+        &lc.client,
+        NS,
         "a SecretNotFound Event",
         Duration::from_secs(30),
-        || async {
-            let list = events
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            list.items
-                .iter()
-                .find(|e| {
-                    e.reason.as_deref() == Some("SecretNotFound")
-                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("broken")
-                        && e.type_.as_deref() == Some("Warning")
-                })
-                .map(|_| ())
-                .ok_or_else(|| format!("{} events, none for broken", list.items.len()))
+        |e| {
+            e.reason.as_deref() == Some("SecretNotFound")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("broken")
+                && e.type_.as_deref() == Some("Warning")
         },
     )
     .await;

@@ -146,6 +146,31 @@ impl Drop for Kubelet {
     }
 }
 
+/// Waits until an Event in `namespace` matches `wanted` (Events are written a moment after the
+/// status that reports the same thing, so they are waited for, never listed once).
+pub async fn wait_for_event(
+    client: &Client,
+    namespace: &str,
+    what: &str,
+    timeout: Duration,
+    wanted: impl Fn(&k8s_openapi::api::events::v1::Event) -> bool,
+) {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), namespace);
+    eventually(what, timeout, || async {
+        let list = events
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        list.items
+            .iter()
+            .any(&wanted)
+            .then_some(())
+            .ok_or_else(|| format!("{} Events, none matching", list.items.len()))
+    })
+    .await
+}
+
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
