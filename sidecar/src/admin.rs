@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
 use hyper::service::service_fn;
@@ -25,12 +25,13 @@ use tokio::sync::Semaphore;
 
 use ballast_contract::clock;
 use ballast_contract::{
-    CertificateStatus, Counters, DrainProgress, DrainRequest, Limits, SessionTickets, Status,
-    UpstreamStatus, PROTOCOL_VERSION,
+    CertificateStatus, Counters, DrainProgress, DrainRequest, EventsStatus, Limits, SessionTickets,
+    Status, UpstreamStatus, PROTOCOL_VERSION,
 };
 
 use crate::accept_errors::AcceptErrors;
 use crate::drain::Origin;
+use crate::events::EventStream;
 use crate::metrics::{CloseCause, Refusal};
 use crate::server::Shared;
 
@@ -44,8 +45,14 @@ const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// beyond it is closed at once and counted. `/drained` waits hold one each, for a few pods'
 /// preStop hooks at most.
 const MAX_CONNECTIONS: usize = 64;
+/// Bytes an admin connection may hold unsent, in the kernel and in hyper's buffer. Small, so
+/// that an event consumer that stops reading falls behind the journal (and is told of a gap)
+/// instead of the sidecar buffering for it; every other answer fits.
+const SEND_BUFFER: usize = 64 * 1024;
+const HYPER_BUFFER: usize = 16 * 1024;
 
-type Reply = Response<Full<Bytes>>;
+/// A fixed body, or the endless one of `GET /events`.
+type Reply = Response<Either<Full<Bytes>, EventStream>>;
 
 /// Serves the admin API until the task is dropped.
 ///
@@ -71,6 +78,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             drop(stream);
             continue;
         };
+        // The kernel doubles it; a refusal only means the default buffer.
+        let _ =
+            nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::SndBuf, &SEND_BUFFER);
         let shared = shared.clone();
         tokio::spawn(async move {
             let _slot = slot;
@@ -82,6 +92,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 .timer(TokioTimer::new())
                 .header_read_timeout(REQUEST_READ_TIMEOUT)
                 .keep_alive(false)
+                .max_buf_size(HYPER_BUFFER)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
@@ -107,12 +118,22 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Rep
         }
         (&Method::GET, "/metrics") => Response::builder()
             .header(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
-            .body(Full::new(Bytes::from(shared.metrics.encode())))
+            .body(Either::Left(Full::new(Bytes::from(
+                shared.metrics.encode(),
+            ))))
             .expect("static response"),
+        (&Method::GET, "/events") => {
+            let token = shared.config.events_token_file.as_deref();
+            if let Err(reply) = authorize(&req, peer, token, "events") {
+                return reply;
+            }
+            events(&req, shared)
+        }
         (&Method::GET, "/status") => json(StatusCode::OK, &status(shared)),
         (&Method::GET, "/drained") => drained(shared).await,
         (&Method::POST, "/drain") | (&Method::DELETE, "/drain") => {
-            if let Err(reply) = authorize(&req, peer, shared) {
+            let token = shared.config.admin_token_file.as_deref();
+            if let Err(reply) = authorize(&req, peer, token, "drains") {
                 return reply;
             }
             if req.method() == Method::DELETE {
@@ -123,12 +144,13 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Rep
             }
             start_drain(req, shared).await
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/status" | "/drain" | "/drained") => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-        }
+        (
+            _,
+            "/healthz" | "/readyz" | "/metrics" | "/status" | "/drain" | "/drained" | "/events",
+        ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(
             StatusCode::NOT_FOUND,
-            "not found; endpoints: /healthz /readyz /metrics /status /drain /drained",
+            "not found; endpoints: /healthz /readyz /metrics /status /drain /drained /events",
         ),
     }
 }
@@ -201,27 +223,84 @@ async fn start_drain(req: Request<Incoming>, shared: &Shared) -> Reply {
     json(StatusCode::ACCEPTED, &progress)
 }
 
-/// Loopback callers pass unless a token file is configured; then only the token passes.
+/// `GET /events`: the lifecycle-event stream, newline-delimited JSON, or Server-Sent Events
+/// when the caller accepts `text/event-stream`. Starts with the next event; `?after=SEQ`
+/// (with `&boot=ID`, or SSE's `Last-Event-ID`) resumes after the last one read.
+fn events(req: &Request<Incoming>, shared: &Shared) -> Reply {
+    let Some(journal) = &shared.events else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "lifecycle events are off (--events-buffer 0)",
+        );
+    };
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let sse = header("accept").is_some_and(|a| a.contains("text/event-stream"));
+    let mut after = header("last-event-id");
+    let mut boot = None;
+    for pair in req.uri().query().unwrap_or("").split('&') {
+        match pair.split_once('=') {
+            Some(("after", v)) => after = Some(v.to_owned()),
+            Some(("boot", v)) => boot = Some(v.to_owned()),
+            _ => {}
+        }
+    }
+    let resume = match after.map(|a| a.parse::<u64>()) {
+        None => None,
+        Some(Ok(seq)) => Some((boot, seq)),
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "after (or Last-Event-ID) must be a seq number",
+            )
+        }
+    };
+    let Some(stream) = journal.subscribe(resume, sse) else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many event consumers already",
+        );
+    };
+    let content_type = if sse {
+        "text/event-stream"
+    } else {
+        "application/x-ndjson"
+    };
+    Response::builder()
+        .header(CONTENT_TYPE, content_type)
+        .header("cache-control", "no-store")
+        .body(Either::Right(stream))
+        .expect("static response")
+}
+
+/// Loopback callers pass unless a token file is configured; then only its token passes.
+/// `what` names what is guarded, for the refusal.
 #[allow(clippy::result_large_err)]
-fn authorize(req: &Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Result<(), Reply> {
-    let Some(path) = &shared.config.admin_token_file else {
+fn authorize(
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+    token_file: Option<&std::path::Path>,
+    what: &str,
+) -> Result<(), Reply> {
+    let Some(path) = token_file else {
         return if peer.ip().is_loopback() {
             Ok(())
         } else {
             Err(error(
                 StatusCode::FORBIDDEN,
-                "drains are accepted from loopback only (set --admin-token-file to allow remote callers)",
+                &format!("{what} are served to loopback only without a token file (see --help)"),
             ))
         };
     };
     let expected = match std::fs::read_to_string(path) {
         Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
         _ => {
-            tracing::error!(path = %path.display(), "admin token file unreadable or empty; refusing drains");
-            return Err(error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "admin token unavailable",
-            ));
+            tracing::error!(path = %path.display(), "token file unreadable or empty; refusing {what}");
+            return Err(error(StatusCode::SERVICE_UNAVAILABLE, "token unavailable"));
         }
     };
     let presented = req
@@ -312,6 +391,15 @@ pub fn status(shared: &Shared) -> Status {
             keys_loaded: t.loaded(),
             last_error: t.last_failure(),
         }),
+        events: shared.events.as_ref().map(|journal| {
+            let state = journal.state();
+            EventsStatus {
+                capacity: state.capacity,
+                buffered: state.buffered,
+                last_seq: state.last_seq,
+                consumers_behind: state.consumers_behind,
+            }
+        }),
     }
 }
 
@@ -319,7 +407,7 @@ fn text(status: StatusCode, body: &'static str) -> Reply {
     Response::builder()
         .status(status)
         .header(CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .body(Either::Left(Full::new(Bytes::from_static(body.as_bytes()))))
         .expect("static response")
 }
 
@@ -328,7 +416,7 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
     Response::builder()
         .status(status)
         .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
+        .body(Either::Left(Full::new(Bytes::from(body))))
         .expect("static response")
 }
 

@@ -110,6 +110,26 @@ pub struct Config {
     #[arg(long, env = "BALLAST_TICKET_KEYS")]
     pub ticket_keys: Option<PathBuf>,
 
+    /// Lifecycle events kept for `GET /events` (connected, disconnected with its cause,
+    /// refused); 0 turns events off. A consumer that falls this far behind misses the oldest
+    /// and is told how many (a gap marker). About 300 bytes each.
+    #[arg(long, env = "BALLAST_EVENTS_BUFFER", default_value_t = 0)]
+    pub events_buffer: usize,
+
+    /// File holding the bearer token `GET /events` requires; without it only loopback callers
+    /// may stream events. Read on each request, so it can be rotated.
+    #[arg(long, env = "BALLAST_EVENTS_TOKEN_FILE")]
+    pub events_token_file: Option<PathBuf>,
+
+    /// How long after a planned close an agent is expected back (the `expected_back_by` of
+    /// its `disconnected` event): the cluster's presence offline threshold.
+    #[arg(long, env = "BALLAST_PLANNED_RECONNECT_WINDOW", default_value = "60s", value_parser = parse_duration)]
+    pub planned_reconnect_window: Duration,
+
+    /// This pod's name, in every event (default: the host name, which in a pod is its name).
+    #[arg(long, env = "BALLAST_POD_NAME")]
+    pub pod_name: Option<String>,
+
     /// File holding a bearer token required by mutating admin endpoints; without it they
     /// answer loopback callers only. Read on each request, so it can be rotated.
     #[arg(long, env = "BALLAST_ADMIN_TOKEN_FILE")]

@@ -36,6 +36,13 @@ pub struct Registration {
     pub close: Arc<Notify>,
 }
 
+impl Registration {
+    /// The connection's id, unique within this process (events name connections by it).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
         let entry = self

@@ -18,6 +18,8 @@
 //!   follows the agents' MQTT or WebSocket framing just enough to tell them, on a planned
 //!   close, to reconnect elsewhere.
 //! - `connections`: the table of live connections a drain chooses from.
+//! - `events`: lifecycle events (connected, disconnected and why, refused) in a bounded
+//!   journal that `GET /events` streams to presence backends.
 //! - `drain`: closing N connections over a window at the pace of `ballast_contract::pacing`.
 //! - `admin` and `metrics`: `/healthz`, `/readyz`, `/metrics`, `/status`, `/drain`; the
 //!   bodies of `/status` and `/drain` are `ballast-contract`'s types.
@@ -39,6 +41,7 @@ mod config;
 mod connections;
 mod directives;
 mod drain;
+mod events;
 mod hint;
 mod metrics;
 mod operator_link;

@@ -112,6 +112,14 @@ pub struct Metrics {
     ticket_key_reloads: Family<ResultLabel, Counter>,
     pub ticket_keys_loaded: Gauge,
     reconnect_hints: Family<ProtocolLabel, Counter>,
+    events_published: Family<EventLabel, Counter>,
+    pub events_missed: Counter,
+    pub event_consumers: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabel {
+    event: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -163,6 +171,9 @@ impl Metrics {
             ticket_key_reloads: Family::default(),
             ticket_keys_loaded: Gauge::default(),
             reconnect_hints: Family::default(),
+            events_published: Family::default(),
+            events_missed: Counter::default(),
+            event_consumers: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -285,7 +296,25 @@ impl Metrics {
             "Planned closes that told the agent in its own protocol to reconnect elsewhere, by protocol (mqtt5: DISCONNECT 0x9C; websocket: close 1012)",
             m.reconnect_hints.clone(),
         );
+        registry.register(
+            "events_published",
+            "Lifecycle events written to the journal, by event (connected, disconnected, refused)",
+            m.events_published.clone(),
+        );
+        registry.register(
+            "events_missed",
+            "Lifecycle events that consumers missed because they fell behind the journal (each reported to them as a gap)",
+            m.events_missed.clone(),
+        );
+        registry.register(
+            "event_consumers",
+            "Consumers streaming GET /events now",
+            m.event_consumers.clone(),
+        );
         // Pre-create every label value so dashboards see zeros rather than gaps.
+        for event in ["connected", "disconnected", "refused"] {
+            m.event_published(event);
+        }
         for protocol in ["mqtt5", "websocket"] {
             m.reconnect_hint(protocol);
         }
@@ -349,6 +378,12 @@ impl Metrics {
     pub fn reconnect_hint(&self, protocol: &'static str) -> Counter {
         self.reconnect_hints
             .get_or_create(&ProtocolLabel { protocol })
+            .clone()
+    }
+
+    pub fn event_published(&self, event: &'static str) -> Counter {
+        self.events_published
+            .get_or_create(&EventLabel { event })
             .clone()
     }
 

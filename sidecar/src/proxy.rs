@@ -23,7 +23,10 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio_rustls::server::TlsStream;
 
+use ballast_contract::events::RefusedReason;
+
 use crate::admission::Ticket;
+use crate::events;
 use crate::hint::Hints;
 use crate::metrics::CloseCause;
 use crate::proxy_protocol;
@@ -55,12 +58,18 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut ti
             tracing::debug!(%peer, "handshake timed out; connection cut");
             metrics.closed(CloseCause::Timeout).inc();
             shared.handshakes.failed();
+            if let Some(events) = &shared.events {
+                events.refused(events::address_only(peer), RefusedReason::HandshakeTimeout);
+            }
             return;
         }
         Ok(Err(err)) => {
             tracing::debug!(%peer, error = %err, "handshake failed; connection cut");
             metrics.closed(CloseCause::Error).inc();
             shared.handshakes.failed();
+            if let Some(events) = &shared.events {
+                events.refused(events::address_only(peer), RefusedReason::HandshakeFailed);
+            }
             return;
         }
         Ok(Ok(stream)) => stream,
@@ -80,6 +89,11 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut ti
     metrics
         .handshake(if resumed { "resumed" } else { "full" })
         .inc();
+    // Only with events on: the identity is kept for the connection's life.
+    let agent = shared
+        .events
+        .as_ref()
+        .map(|_| events::identify(peer, client.get_ref().1));
 
     let upstream = match dial_upstream(&shared, peer, local).await {
         Ok(stream) => {
@@ -97,6 +111,9 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut ti
             metrics.closed(CloseCause::Upstream).inc();
             tracing::warn!(%peer, upstream = %shared.upstream, error = %err,
                 "gateway unreachable; closing the agent's connection");
+            if let (Some(events), Some(agent)) = (&shared.events, agent) {
+                events.refused(agent, RefusedReason::GatewayUnreachable);
+            }
             // No close_notify: the agent must back off rather than reconnect at once.
             drop(client);
             return;
@@ -109,6 +126,10 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut ti
         registration.close.notify_one();
     }
     metrics.connections.inc();
+    let connected_at = Instant::now();
+    if let (Some(events), Some(agent)) = (&shared.events, &agent) {
+        events.connected(registration.id(), agent.clone(), served.generation, resumed);
+    }
     let deadlines = Deadlines {
         write: shared.config.write_timeout,
         idle: Some(shared.config.idle_timeout).filter(|d| !d.is_zero()),
@@ -123,9 +144,13 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut ti
         metrics,
     )
     .await;
+    let id = registration.id();
     drop(registration);
     metrics.connections.dec();
     metrics.closed(cause).inc();
+    if let (Some(events), Some(agent)) = (&shared.events, agent) {
+        events.disconnected(id, agent, served.generation, cause, connected_at.elapsed());
+    }
     tracing::trace!(%peer, cause = cause.as_str(), "connection closed");
 }
 

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::connections::Connections;
 use crate::directives::Directed;
 use crate::drain::{Drainer, Origin};
+use crate::events::Journal;
 use crate::metrics::{Metrics, Refusal};
 use crate::recent::RecentHandshakes;
 use crate::tls::TlsState;
@@ -50,6 +51,8 @@ pub struct Shared {
     /// Handshakes since the last report.
     pub handshakes: RecentHandshakes,
     pub metrics: Arc<Metrics>,
+    /// Lifecycle events for presence backends (none with `--events-buffer 0`).
+    pub events: Option<Arc<Journal>>,
     pub config: Config,
     upstream_reachable: AtomicBool,
     /// Dials to the gateway that failed in a row. One failure only makes the probe look at
@@ -72,7 +75,16 @@ impl Shared {
         if let Some(tickets) = tls.tickets() {
             metrics.ticket_keys_loaded.set(tickets.loaded() as i64);
         }
+        let events = (config.events_buffer > 0).then(|| {
+            Arc::new(Journal::new(
+                pod_name(&config),
+                config.events_buffer,
+                config.planned_reconnect_window,
+                metrics.clone(),
+            ))
+        });
         Self {
+            events,
             listen: config.listen,
             upstream: config.upstream,
             upstream_sources: config.upstream_sources.clone(),
@@ -142,6 +154,14 @@ impl Shared {
         self.upstream_reachable.load(Ordering::Relaxed)
     }
 
+    /// Counts a refusal before the handshake, and tells the event consumers.
+    pub fn refused(&self, peer: SocketAddr, refusal: Refusal) {
+        self.metrics.refused(refusal).inc();
+        if let Some(events) = &self.events {
+            events.refused_before_handshake(peer, refusal);
+        }
+    }
+
     pub fn accepting(&self) -> bool {
         self.accepting.load(Ordering::Relaxed)
     }
@@ -151,6 +171,15 @@ impl Shared {
     pub fn ready(&self) -> bool {
         self.accepting() && self.upstream_reachable() && !self.directed.steered_away(Instant::now())
     }
+}
+
+/// `--pod-name`, else the host name (a pod's host name is its name).
+fn pod_name(config: &Config) -> String {
+    config.pod_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".to_owned())
+    })
 }
 
 /// Binds the agents' listener with the configured backlog.
@@ -207,8 +236,8 @@ pub async fn run(config: Config, tls: Arc<TlsState>) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = acceptor.await;
     pacer.abort();
-    for _ in shared.admission.take_waiting() {
-        shared.metrics.refused(Refusal::NotAccepting).inc();
+    for (_, peer) in shared.admission.take_waiting() {
+        shared.refused(peer, Refusal::NotAccepting);
     }
     shared.metrics.waiting_for_handshake.set(0);
     // The shutdown drain replaces any other; the pod keeps reporting while it runs.
@@ -228,6 +257,10 @@ pub async fn run(config: Config, tls: Arc<TlsState>) -> anyhow::Result<()> {
         );
     } else {
         tracing::info!("all connections drained; exiting");
+    }
+    if let Some(events) = &shared.events {
+        // The shutdown's last disconnects are what a presence backend most needs to read.
+        events.wait_until_read(Duration::from_secs(2)).await;
     }
     watcher.abort();
     prober.abort();
@@ -277,18 +310,18 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
             }
         };
         if !shared.accepting() {
-            shared.metrics.refused(Refusal::NotAccepting).inc();
+            shared.refused(peer, Refusal::NotAccepting);
             continue;
         }
         let now = Instant::now();
         if !shared.directed.admit(now) {
-            shared.metrics.refused(Refusal::Quota).inc();
+            shared.refused(peer, Refusal::Quota);
             continue;
         }
         match shared.admission.arrive((tcp, peer), now) {
             Ok(()) => {}
             Err((reason, (tcp, peer))) => {
-                shared.metrics.refused(reason).inc();
+                shared.refused(peer, reason);
                 tracing::trace!(%peer, reason = reason.as_str(), "connection refused");
                 drop(tcp);
             }
@@ -316,7 +349,7 @@ async fn admit_in_turn(shared: Arc<Shared>) {
                 tokio::spawn(proxy::serve(shared.clone(), tcp, peer, ticket));
             }
             Turn::TooLate((_, peer), waited) => {
-                metrics.refused(Refusal::HandshakeRate).inc();
+                shared.refused(peer, Refusal::HandshakeRate);
                 tracing::debug!(%peer, waited_seconds = waited.as_secs_f64(),
                     "waited too long for a handshake slot; closed");
             }

@@ -75,9 +75,17 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_client_ca() 
     let sidecar = Sidecar::start(
         &volume,
         gateway.addr,
-        &["--client-ca", path_str(&client_ca)],
+        &[
+            "--client-ca",
+            path_str(&client_ca),
+            "--events-buffer",
+            "100",
+        ],
     );
     let ca = pki.ca.cert_pem();
+    let mut events = EventConsumer::open(sidecar.admin, None, "", None)
+        .await
+        .unwrap();
 
     let with_cert = hello(
         sidecar.listen,
@@ -102,6 +110,24 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_client_ca() 
         sidecar.metric("ballast_sidecar_connections_accepted_total"),
         1.0
     );
+    // Under mutual TLS the events name the agent by its certificate.
+    let mut read = Vec::new();
+    events
+        .read_until(&mut read, Duration::from_secs(10), |e| {
+            events_of(e, "refused").count() == 2 && events_of(e, "connected").count() == 1
+        })
+        .await;
+    let connected = events_of(&read, "connected").next().unwrap();
+    let subject = connected["agent"]["subject"].as_str().unwrap();
+    assert!(subject.contains("CN=agent-1"), "{connected}");
+    assert_eq!(connected["agent"]["sni"], "localhost");
+    assert_eq!(
+        connected["agent"]["sans"],
+        serde_json::json!(["DNS:agent-1"])
+    );
+    for refused in events_of(&read, "refused") {
+        assert_eq!(refused["reason"], "handshake_failed", "{refused}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -377,6 +377,36 @@ fn subject_alt_names(
     (dns, ips)
 }
 
+/// Who a client certificate names: its subject (RFC 4514) and subject alternative names
+/// (`DNS:…`, `IP:…`, `URI:…`, `email:…`), for lifecycle events. The sidecar's verifier already
+/// accepted the certificate; this only reads it, and a certificate it cannot parse names no one.
+pub fn client_identity(der: &[u8]) -> Option<(String, Vec<String>)> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let mut sans = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(dns) => sans.push(format!("DNS:{dns}")),
+                GeneralName::URI(uri) => sans.push(format!("URI:{uri}")),
+                GeneralName::RFC822Name(mail) => sans.push(format!("email:{mail}")),
+                GeneralName::IPAddress(bytes) => {
+                    let ip = match bytes.len() {
+                        4 => <[u8; 4]>::try_from(*bytes).ok().map(IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*bytes).ok().map(IpAddr::from),
+                        _ => None,
+                    };
+                    if let Some(ip) = ip {
+                        sans.push(format!("IP:{ip}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Some((cert.subject().to_string(), sans))
+}
+
 /// Lowercase hex SHA-256 of a DER certificate: the fingerprint `openssl x509 -fingerprint
 /// -sha256` prints, without colons.
 pub fn sha256_hex(der: &[u8]) -> String {
@@ -406,6 +436,38 @@ mod tests {
             key: key.serialize_pem().into_bytes(),
             ca: Vec::new(),
         }
+    }
+
+    #[test]
+    fn client_identity_names_subject_and_every_san_kind() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![
+            "agent-17.fleet.example".to_string(),
+            "10.1.2.3".to_string(),
+        ])
+        .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "agent-17");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Fleet");
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            "spiffe://fleet/agent-17".try_into().unwrap(),
+        ));
+        let cert = params.self_signed(&key).unwrap();
+        let (subject, sans) = client_identity(cert.der()).unwrap();
+        assert!(subject.contains("CN=agent-17"), "{subject}");
+        assert!(subject.contains("O=Fleet"), "{subject}");
+        assert_eq!(
+            sans,
+            [
+                "DNS:agent-17.fleet.example",
+                "IP:10.1.2.3",
+                "URI:spiffe://fleet/agent-17"
+            ]
+        );
+        assert_eq!(client_identity(b"not a certificate"), None);
     }
 
     /// 2026-11-24T00:00:00Z plus whole days.

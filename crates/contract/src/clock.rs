@@ -23,6 +23,18 @@ pub fn rfc3339(unix: i64) -> String {
     )
 }
 
+/// Formats a moment as `YYYY-MM-DDTHH:MM:SS.mmmZ` (event times: a second is too coarse to
+/// read a drain's pace from).
+pub fn rfc3339_millis(at: SystemTime) -> String {
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let seconds = rfc3339(since.as_secs() as i64);
+    format!(
+        "{}.{:03}Z",
+        seconds.trim_end_matches('Z'),
+        since.subsec_millis()
+    )
+}
+
 /// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -47,5 +59,7 @@ mod tests {
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_795_526_399), "2026-11-24T13:19:59Z");
         assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+        let at = UNIX_EPOCH + std::time::Duration::from_millis(1_795_526_399_007);
+        assert_eq!(rfc3339_millis(at), "2026-11-24T13:19:59.007Z");
     }
 }

@@ -11,6 +11,7 @@
 //! - [`duration`]: the one duration grammar (`500ms`, `10s`, `1h30m`) of every flag, every
 //!   crate and the CRD, with the schema pattern that accepts exactly it;
 //! - [`clock`]: Unix seconds and their RFC 3339 form, as both sides print timestamps;
+//! - [`events`]: the lifecycle events a sidecar streams to a presence backend;
 //! - [`ticket_keys`]: the session-ticket key file the operator writes and every sidecar of a
 //!   cluster reads, and the rule for which key encrypts, which decrypt and when to rotate.
 //!
@@ -24,6 +25,7 @@
 pub mod clock;
 pub mod drain;
 pub mod duration;
+pub mod events;
 pub mod pacing;
 pub mod report;
 pub mod status;
@@ -31,7 +33,9 @@ pub mod ticket_keys;
 
 pub use drain::{AllKeyword, DrainProgress, DrainRequest, DrainSize};
 pub use report::{Answer, Directives, DrainDirective, Report, REPORT_PATH, TOKEN_AUDIENCE};
-pub use status::{CertificateStatus, Counters, Limits, SessionTickets, Status, UpstreamStatus};
+pub use status::{
+    CertificateStatus, Counters, EventsStatus, Limits, SessionTickets, Status, UpstreamStatus,
+};
 
 /// Version of the sidecar↔operator wire contract, sent as `Status::protocol_version`.
 ///

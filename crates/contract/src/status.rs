@@ -32,6 +32,23 @@ pub struct Status {
     /// The shared session-ticket keys, when the sidecar runs with `--ticket-keys`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_tickets: Option<SessionTickets>,
+    /// The lifecycle-event journal, when the sidecar runs with events on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<EventsStatus>,
+}
+
+/// The lifecycle-event journal (`GET /events`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsStatus {
+    /// Events kept at most.
+    pub capacity: usize,
+    /// Events kept now.
+    pub buffered: usize,
+    /// `seq` of the newest event (0: none yet).
+    pub last_seq: u64,
+    /// For each consumer streaming now, how many events it has still to read; above
+    /// `capacity`, it will get a gap.
+    pub consumers_behind: Vec<u64>,
 }
 
 /// The session-ticket keys in use, and why the last file was refused (until a good one).
@@ -158,6 +175,12 @@ mod tests {
             session_tickets: Some(SessionTickets {
                 keys_loaded: 3,
                 last_error: None,
+            }),
+            events: Some(EventsStatus {
+                capacity: 8192,
+                buffered: 120,
+                last_seq: 120,
+                consumers_behind: vec![0, 3],
             }),
         }
     }

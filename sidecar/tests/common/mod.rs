@@ -494,3 +494,109 @@ pub fn brief(s: &ballast_fleet::summary::FleetSummary) -> String {
         s.heartbeat_rtt_ms.p99
     )
 }
+
+/// A presence backend's view of one sidecar: a consumer of its `GET /events` stream.
+/// HTTP/1.0, so the body is the stream itself, one JSON object per line.
+pub struct EventConsumer {
+    reader: tokio::io::BufReader<tokio::net::TcpStream>,
+}
+
+impl EventConsumer {
+    /// Opens the stream (`query` e.g. `""` or `"?after=12"`); the error is the refusal's
+    /// status line and body.
+    pub async fn open(
+        admin: SocketAddr,
+        token: Option<&str>,
+        query: &str,
+        receive_buffer: Option<u32>,
+    ) -> Result<Self, String> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(size) = receive_buffer {
+            // Set before connecting, so the window the sidecar sees stays this small.
+            socket.set_recv_buffer_size(size).unwrap();
+        }
+        let mut tcp = socket.connect(admin).await.map_err(|e| e.to_string())?;
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let request = format!("GET /events{query} HTTP/1.0\r\nHost: sidecar\r\n{auth}\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut reader = tokio::io::BufReader::new(tcp);
+        let mut status = String::new();
+        reader.read_line(&mut status).await.unwrap();
+        let mut headers = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).await.unwrap();
+            if line.trim().is_empty() {
+                break;
+            }
+            headers.push_str(&line);
+        }
+        if !status.contains(" 200 ") {
+            let mut body = String::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), reader.read_to_string(&mut body))
+                .await;
+            return Err(format!("{}{headers}{body}", status));
+        }
+        assert!(
+            headers
+                .to_ascii_lowercase()
+                .contains("content-type: application/x-ndjson"),
+            "{headers}"
+        );
+        Ok(Self { reader })
+    }
+
+    /// The next event, or `None` if none came within `within` (or the stream ended).
+    pub async fn next(&mut self, within: Duration) -> Option<serde_json::Value> {
+        use tokio::io::AsyncBufReadExt;
+        let mut line = String::new();
+        match tokio::time::timeout(within, self.reader.read_line(&mut line)).await {
+            Ok(Ok(n)) if n > 0 => {
+                Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: line {line:?}")))
+            }
+            _ => None,
+        }
+    }
+
+    /// Reads events until `done` holds for those read so far; panics after `within` with them.
+    pub async fn read_until(
+        &mut self,
+        read: &mut Vec<serde_json::Value>,
+        within: Duration,
+        mut done: impl FnMut(&[serde_json::Value]) -> bool,
+    ) {
+        let deadline = Instant::now() + within;
+        while !done(read) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left.min(Duration::from_millis(500))).await {
+                Some(event) => read.push(event),
+                None if Instant::now() >= deadline => {
+                    panic!("condition not met within {within:?}; events: {read:#?}")
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+/// Events of one kind (`connected`, `disconnected`, `refused`, `gap`).
+pub fn events_of<'a>(
+    events: &'a [serde_json::Value],
+    kind: &'a str,
+) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
+    events.iter().filter(move |e| e["event"] == kind)
+}
+
+/// Every event follows the one before by exactly one `seq` (a gap by its `missed`): nothing
+/// lost unannounced, nothing out of order, nothing twice.
+pub fn assert_accounted_in_order(events: &[serde_json::Value]) {
+    for pair in events.windows(2) {
+        let step = pair[1]["seq"].as_u64().unwrap() - pair[0]["seq"].as_u64().unwrap();
+        let expected = pair[1]["missed"].as_u64().unwrap_or(1);
+        assert_eq!(step, expected, "{:#?}", pair);
+        assert_eq!(pair[0]["boot"], pair[1]["boot"]);
+    }
+}
