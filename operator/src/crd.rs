@@ -333,6 +333,26 @@ pub struct PresenceSpec {
     #[serde(default = "defaults::offline_threshold")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub offline_threshold: String,
+    /// Lifecycle events for the presence backend: every sidecar streams connected,
+    /// disconnected (with its cause; a planned one says until when the agent is expected
+    /// back: `offlineThreshold` after the close) and refused, on `GET /events` of its admin
+    /// port, authenticated with the token in Secret `<name>-events-token`.
+    #[serde(default)]
+    pub events: EventsSpec,
+}
+
+/// The sidecars' lifecycle-event streams.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventsSpec {
+    /// Stream events (off by default: nothing is kept or serialized).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Events each sidecar keeps for its consumers (about 300 bytes each). A consumer that
+    /// falls further behind loses the oldest and is told how many (a `gap` event).
+    #[serde(default = "defaults::events_buffer")]
+    #[schemars(range(min = 16, max = 1_000_000))]
+    pub buffer: i32,
 }
 
 /// The injected sidecar.
@@ -460,6 +480,14 @@ pub struct PodStatus {
     pub certificate: String,
     /// Runs the StatefulSet's current revision.
     pub up_to_date: bool,
+    /// While it drains: when its drain window ends (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining_until: Option<String>,
+    /// While it drains: until when a presence backend should hold "offline" for the agents
+    /// of this pod, the drain window's end plus `presence.offlineThreshold` (RFC 3339). Also
+    /// in ConfigMap `<name>-planned-disconnects`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_offline_until: Option<String>,
 }
 
 /// A migration: connections moved on purpose.
@@ -570,6 +598,9 @@ mod defaults {
     pub fn write_timeout() -> String {
         "30s".into()
     }
+    pub fn events_buffer() -> i32 {
+        8_192
+    }
 }
 
 macro_rules! default_from_serde {
@@ -588,6 +619,7 @@ default_from_serde!(
     MigrationSpec,
     RebalanceSpec,
     PresenceSpec,
+    EventsSpec,
     SidecarSpec
 );
 

@@ -14,7 +14,7 @@
 //! - [`observer`] runs every second: reports, Secret, pods → [`planning`] (the planner's
 //!   drains, steering and restarts, carried out: directives through the hub, restarts through
 //!   the Eviction API), [`status`] (pure), [`migration`] (the migration signal), Events and
-//!   metrics.
+//!   metrics; [`planned`] publishes which pods drain and until when, for presence backends.
 //!
 //! [`crd`] holds the resource's types; their doc comments are what `kubectl explain` shows.
 //! [`secrets`] is the one way it writes a Secret (the admin token, the report CA, the shared
@@ -35,6 +35,7 @@ pub mod leader;
 pub mod metrics;
 pub mod migration;
 pub mod observer;
+pub mod planned;
 pub mod planning;
 pub mod reconcile;
 pub mod renewals;

@@ -87,6 +87,8 @@ struct ClusterMemory {
     /// The certificate's expiry, and the clusters whose renewals line up with it (announced).
     not_after: Option<i64>,
     renewals_aligned: Vec<String>,
+    /// The planned-window document last written to the ConfigMap.
+    planned_written: Option<String>,
 }
 
 impl Observer {
@@ -433,6 +435,12 @@ impl Observer {
                     &Patch::Apply(&patch),
                 )
                 .await?;
+        }
+        let planned = crate::planned::document(prc, &new);
+        if mem.planned_written.as_ref() != Some(&planned) {
+            let map = crate::planned::configmap(prc, ns, planned.clone());
+            crate::reconcile::apply(&self.client, ns, &map).await?;
+            mem.planned_written = Some(planned);
         }
         for notice in status::notices(prc.status.as_ref(), &new) {
             self.event(prc, notice.warning, &notice.reason, notice.message)

@@ -116,7 +116,12 @@ pub async fn reconcile(prc: Arc<PresenceCluster>, ctx: Arc<Context>) -> Result<A
         if let Ok(facts) = &certificate {
             workload::restart_on_renewal(&prc, &mut built.statefulset, &facts.sha256);
         }
-        ensure_admin_token(&ctx.client, &prc, &namespace).await?;
+        let admin = workload::admin_token_name(&name);
+        ensure_token(&ctx.client, &prc, &namespace, &admin).await?;
+        if prc.spec.presence.events.enabled {
+            let events = workload::events_token_name(&name);
+            ensure_token(&ctx.client, &prc, &namespace, &events).await?;
+        }
         if prc.spec.tls.session_tickets.enabled {
             ensure_ticket_keys(&ctx.client, &prc, &namespace).await?;
         }
@@ -143,7 +148,9 @@ pub fn error_policy(prc: Arc<PresenceCluster>, error: &Error, ctx: Arc<Context>)
     Action::requeue(Duration::from_secs(5))
 }
 
-async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<(), Error>
+/// Server-side applies `object` as the operator's field manager (forced: these objects are
+/// the operator's own).
+pub async fn apply<K>(client: &Client, namespace: &str, object: &K) -> kube::Result<()>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Serialize
@@ -162,20 +169,21 @@ where
     Ok(())
 }
 
-/// Creates the cluster's admin token once (never rewritten: people may hold it). Only
-/// `create` is needed; an existing Secret is left alone.
-async fn ensure_admin_token(
+/// Creates a token Secret of the cluster once (the admin token, the events token; never
+/// rewritten: people and presence backends may hold them). Only `create` is needed; an
+/// existing Secret is left alone.
+async fn ensure_token(
     client: &Client,
     prc: &PresenceCluster,
     namespace: &str,
+    name: &str,
 ) -> Result<(), Error> {
-    let name = workload::admin_token_name(&prc.name_any());
     let mut bytes = [0u8; 32];
     random_fill(&mut bytes);
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let secret = secrets::managed(
         namespace,
-        &name,
+        name,
         prc.controller_owner_ref(&()),
         None,
         [("token".to_owned(), token.into_bytes())].into(),

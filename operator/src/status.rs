@@ -7,7 +7,7 @@
 //! judged is `Unknown`, with a reason saying why.
 
 use ballast_certs::CertificateFacts;
-use ballast_contract::Report;
+use ballast_contract::{clock, Report};
 
 use crate::crd::{
     CertificateStatus, Condition, MigrationStatus, Phase, PodStatus, PresenceCluster,
@@ -47,6 +47,15 @@ impl PodView {
                     .report
                     .as_ref()
                     .is_some_and(|r| fine(r) && (r.steered_away || self.been_ready)))
+    }
+
+    /// While its sidecar drains: when the drain window ends, and that plus `offline` (until
+    /// when its agents should not be taken for offline), Unix seconds.
+    pub fn planned_window(&self, offline: u64) -> Option<(i64, i64)> {
+        let drain = self.report.as_ref()?.draining.as_ref()?;
+        let started = clock::parse_rfc3339(&drain.started_at)?;
+        let until = started + drain.over_seconds.max(0.0).ceil() as i64;
+        Some((until, until + offline as i64))
     }
 
     fn state(&self) -> &'static str {
@@ -99,6 +108,8 @@ pub fn compute(
 ) -> PresenceClusterStatus {
     let name = prc.metadata.name.clone().unwrap_or_default();
     let desired = prc.spec.replicas;
+    let offline = ballast_contract::duration::parse_duration(&prc.spec.presence.offline_threshold)
+        .map_or(60, |d| d.as_secs());
     let available: Vec<&PodView> = observed.pods.iter().filter(|p| p.available()).collect();
     let ready = available.len() as i32;
     let reporting: Vec<&Report> = observed
@@ -332,16 +343,21 @@ pub fn compute(
         pods: observed
             .pods
             .iter()
-            .map(|p| PodStatus {
-                name: p.name.clone(),
-                connections: p.report.as_ref().map(|r| r.connections.total as i64),
-                state: p.state().into(),
-                certificate: p
-                    .report
-                    .as_ref()
-                    .map(|r| short(&r.certificate.sha256).to_owned())
-                    .unwrap_or_default(),
-                up_to_date: p.up_to_date,
+            .map(|p| {
+                let window = p.planned_window(offline);
+                PodStatus {
+                    name: p.name.clone(),
+                    draining_until: window.map(|(until, _)| clock::rfc3339(until)),
+                    hold_offline_until: window.map(|(_, hold)| clock::rfc3339(hold)),
+                    connections: p.report.as_ref().map(|r| r.connections.total as i64),
+                    state: p.state().into(),
+                    certificate: p
+                        .report
+                        .as_ref()
+                        .map(|r| short(&r.certificate.sha256).to_owned())
+                        .unwrap_or_default(),
+                    up_to_date: p.up_to_date,
+                }
             })
             .collect(),
         migration: observed.migration.clone(),
@@ -611,6 +627,14 @@ mod tests {
         terminating.terminating = true;
         terminating.ready = false;
         terminating.report.as_mut().unwrap().terminating = true;
+        terminating.report.as_mut().unwrap().draining = Some(ballast_contract::DrainProgress {
+            target: 10,
+            asked: 4,
+            closed: 3,
+            over_seconds: 29.5,
+            started_at: "2026-11-24T10:00:00Z".into(),
+            finished: false,
+        });
         let mut steered = pod("edge-1", 10, "a");
         steered.ready = false;
         steered.report.as_mut().unwrap().steered_away = true;
@@ -631,5 +655,15 @@ mod tests {
         assert_eq!(find(&s, "Migrating").status, "True");
         let states: Vec<&str> = s.pods.iter().map(|p| p.state.as_str()).collect();
         assert_eq!(states, ["Terminating", "Steered", "Serving"]);
+        // The planned window: the drain's end, and that plus the offline threshold (60s).
+        assert_eq!(
+            s.pods[0].draining_until.as_deref(),
+            Some("2026-11-24T10:00:30Z")
+        );
+        assert_eq!(
+            s.pods[0].hold_offline_until.as_deref(),
+            Some("2026-11-24T10:01:30Z")
+        );
+        assert_eq!(s.pods[1].draining_until, None, "steered is not draining");
     }
 }

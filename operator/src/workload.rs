@@ -96,6 +96,16 @@ pub fn ticket_keys_name(name: &str) -> String {
     format!("{name}-ticket-keys")
 }
 
+/// Name of the Secret holding the bearer token of a cluster's event streams (`GET /events`),
+/// for the presence backend: read-only, unlike the admin token.
+pub fn events_token_name(name: &str) -> String {
+    format!("{name}-events-token")
+}
+
+/// Where the sidecar finds the events token.
+pub const EVENTS_MOUNT: &str = "/etc/ballast/events";
+const EVENTS_VOLUME: &str = "ballast-events";
+
 /// Where the sidecar finds the ticket keys.
 pub const TICKETS_MOUNT: &str = "/etc/ballast/tickets";
 const TICKETS_VOLUME: &str = "ballast-tickets";
@@ -221,6 +231,9 @@ fn statefulset(prc: &PresenceCluster, name: &str, env: &Environment) -> Stateful
     }
     if spec.tls.session_tickets.enabled {
         volumes.push(secret_volume(TICKETS_VOLUME, &ticket_keys_name(name)));
+    }
+    if spec.presence.events.enabled {
+        volumes.push(secret_volume(EVENTS_VOLUME, &events_token_name(name)));
     }
     // The kubelet must wait for the whole drain before killing anything.
     let needed = drain_seconds + GRACE_MARGIN_SECONDS;
@@ -388,6 +401,22 @@ fn sidecar_container(prc: &PresenceCluster, env: &Environment) -> Container {
             ..VolumeMount::default()
         });
     }
+    if spec.presence.events.enabled {
+        args.extend([
+            format!("--events-buffer={}", spec.presence.events.buffer),
+            format!("--events-token-file={EVENTS_MOUNT}/token"),
+            format!(
+                "--planned-reconnect-window={}",
+                spec.presence.offline_threshold
+            ),
+        ]);
+        mounts.push(VolumeMount {
+            name: EVENTS_VOLUME.into(),
+            mount_path: EVENTS_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
     if let Some(report) = &env.report {
         args.extend([
             format!("--operator={}", report.address),
@@ -422,17 +451,11 @@ fn sidecar_container(prc: &PresenceCluster, env: &Environment) -> Container {
                 .unwrap_or_else(|| env.sidecar_image.clone()),
         ),
         args: Some(args),
-        env: Some(vec![EnvVar {
-            name: "POD_IP".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "status.podIP".into(),
-                    ..ObjectFieldSelector::default()
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        }]),
+        env: Some(vec![
+            downward("POD_IP", "status.podIP"),
+            // Named in every lifecycle event.
+            downward("BALLAST_POD_NAME", "metadata.name"),
+        ]),
         ports: Some(vec![
             ContainerPort {
                 name: Some("tls".into()),
@@ -473,6 +496,21 @@ fn sidecar_container(prc: &PresenceCluster, env: &Environment) -> Container {
             ..SecurityContext::default()
         }),
         ..Container::default()
+    }
+}
+
+/// An environment variable from the pod's own fields (the downward API).
+fn downward(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
     }
 }
 
@@ -679,6 +717,48 @@ mod tests {
             .unwrap()
             .iter()
             .all(|v| v.name != TICKETS_VOLUME));
+    }
+
+    #[test]
+    fn lifecycle_events_are_off_until_asked_for_then_token_buffer_and_window_reach_the_sidecar() {
+        let w = build(&example(), &Environment::default());
+        let c = sidecar(&w);
+        assert!(!c.args.unwrap().iter().any(|a| a.starts_with("--events")));
+        // The pod's name reaches the sidecar in any case (events and logs name it).
+        let env = c.env.unwrap();
+        let pod_name = env.iter().find(|e| e.name == "BALLAST_POD_NAME").unwrap();
+        let field = pod_name.value_from.as_ref().unwrap().field_ref.as_ref();
+        assert_eq!(field.unwrap().field_path, "metadata.name");
+
+        let mut prc = example();
+        prc.spec.presence.events.enabled = true;
+        prc.spec.presence.events.buffer = 500;
+        prc.spec.presence.offline_threshold = "90s".into();
+        let w = build(&prc, &Environment::default());
+        let c = sidecar(&w);
+        let args = c.args.unwrap();
+        for arg in [
+            "--events-buffer=500",
+            "--events-token-file=/etc/ballast/events/token",
+            "--planned-reconnect-window=90s",
+        ] {
+            assert!(args.contains(&arg.to_owned()), "{arg} not in {args:?}");
+        }
+        assert!(c
+            .volume_mounts
+            .unwrap()
+            .iter()
+            .any(|m| m.mount_path == EVENTS_MOUNT && m.read_only == Some(true)));
+        let pod = w.statefulset.spec.template.spec.unwrap();
+        let volume = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == EVENTS_VOLUME);
+        assert_eq!(
+            volume.unwrap().secret.unwrap().secret_name.as_deref(),
+            Some("edge-events-token")
+        );
     }
 
     #[test]

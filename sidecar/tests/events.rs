@@ -41,14 +41,18 @@ async fn a_drain_of_n_agents_is_n_planned_disconnects_on_one_pod_and_n_connects_
     let token = Some("s3cret-events-token");
 
     // The token is required, even from loopback, once a token file is set.
-    let refused = EventConsumer::open(a.admin, None, "", None).await.err();
+    let refused = EventConsumer::open(a.admin, None, "", None)
+        .await
+        .err()
+        .map(|e| e.to_string());
     assert!(
         refused.as_deref().unwrap_or("").contains(" 401 "),
         "{refused:?}"
     );
     let refused = EventConsumer::open(a.admin, Some("wrong"), "", None)
         .await
-        .err();
+        .err()
+        .map(|e| e.to_string());
     assert!(
         refused.as_deref().unwrap_or("").contains(" 401 "),
         "{refused:?}"
@@ -69,7 +73,8 @@ async fn a_drain_of_n_agents_is_n_planned_disconnects_on_one_pod_and_n_connects_
         .read_until(&mut seen_a, Duration::from_secs(10), |e| {
             events_of(e, "connected").count() == AGENTS
         })
-        .await;
+        .await
+        .unwrap();
 
     // The Service's endpoints now lead to pod B only, as while A drains before a restart.
     targets.set(vec![b.listen]);
@@ -80,13 +85,15 @@ async fn a_drain_of_n_agents_is_n_planned_disconnects_on_one_pod_and_n_connects_
         .read_until(&mut seen_a, Duration::from_secs(30), |e| {
             events_of(e, "disconnected").count() == DRAINED
         })
-        .await;
+        .await
+        .unwrap();
     let mut seen_b = Vec::new();
     from_b
         .read_until(&mut seen_b, Duration::from_secs(30), |e| {
             events_of(e, "connected").count() == DRAINED
         })
-        .await;
+        .await
+        .unwrap();
     // Nothing more arrives while the fleet keeps running: exactly N, not N and then some.
     while let Some(extra) = from_a.next(Duration::from_millis(1500)).await {
         seen_a.push(extra);
@@ -192,7 +199,8 @@ async fn a_stalled_consumer_gets_a_gap_with_the_exact_count_and_the_agents_notic
         .read_until(&mut read, Duration::from_secs(30), |e| {
             e.last().and_then(|l| l["seq"].as_u64()) >= Some(last_seq)
         })
-        .await;
+        .await
+        .unwrap();
     assert_accounted_in_order(&read);
     let gaps: Vec<_> = events_of(&read, "gap").collect();
     assert_eq!(
@@ -238,7 +246,8 @@ async fn events_are_off_by_default_and_refusals_say_why() {
     let pod = TestPod::start(&[]).await;
     let off = EventConsumer::open(pod.sidecar.admin, None, "", None)
         .await
-        .err();
+        .err()
+        .map(|e| e.to_string());
     assert!(off.as_deref().unwrap_or("").contains(" 404 "), "{off:?}");
 
     let pod = TestPod::start(&["--events-buffer", "100", "--max-connections", "1"]).await;
@@ -255,7 +264,8 @@ async fn events_are_off_by_default_and_refusals_say_why() {
     let mut read = Vec::new();
     events
         .read_until(&mut read, Duration::from_secs(10), |e| e.len() == 2)
-        .await;
+        .await
+        .unwrap();
     drop(second);
     // In either order: the first agent's connect is published once its gateway answered.
     assert_eq!(events_of(&read, "connected").count(), 1, "{read:#?}");

@@ -116,7 +116,8 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_client_ca() 
         .read_until(&mut read, Duration::from_secs(10), |e| {
             events_of(e, "refused").count() == 2 && events_of(e, "connected").count() == 1
         })
-        .await;
+        .await
+        .unwrap();
     let connected = events_of(&read, "connected").next().unwrap();
     let subject = connected["agent"]["subject"].as_str().unwrap();
     assert!(subject.contains("CN=agent-1"), "{connected}");

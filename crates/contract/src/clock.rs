@@ -35,6 +35,50 @@ pub fn rfc3339_millis(at: SystemTime) -> String {
     )
 }
 
+/// Reads back what [`rfc3339`] (or [`rfc3339_millis`], to the second) wrote: Unix seconds.
+/// Only that form, UTC with `Z`; anything else is `None`.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    if b.len() < 20 || !text.ends_with('Z') || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let field = |from: usize, to: usize| -> Option<i64> {
+        let digits = text.get(from..to)?;
+        digits
+            .bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| digits.parse().ok())?
+    };
+    let (y, m, d) = (field(0, 4)?, field(5, 7)?, field(8, 10)?);
+    let (hh, mm, ss) = (field(11, 13)?, field(14, 16)?, field(17, 19)?);
+    let rest = &text[19..text.len() - 1];
+    let fraction_ok = rest.is_empty()
+        || (rest.len() > 1
+            && rest.starts_with('.')
+            && rest[1..].bytes().all(|c| c.is_ascii_digit()));
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    if !fraction_ok {
+        return None;
+    }
+    Some(days_from_civil(y, m as u32, d as u32) * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+/// A proleptic Gregorian date to days since 1970-01-01 (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -61,5 +105,27 @@ mod tests {
         assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
         let at = UNIX_EPOCH + std::time::Duration::from_millis(1_795_526_399_007);
         assert_eq!(rfc3339_millis(at), "2026-11-24T13:19:59.007Z");
+    }
+
+    #[test]
+    fn parses_what_it_formats_and_nothing_else() {
+        for unix in [0, 951_782_400, 1_795_526_399, -1, 4_102_444_800] {
+            assert_eq!(parse_rfc3339(&rfc3339(unix)), Some(unix));
+        }
+        assert_eq!(
+            parse_rfc3339("2026-11-24T13:19:59.007Z"),
+            Some(1_795_526_399)
+        );
+        for bad in [
+            "",
+            "2026-11-24 13:19:59Z",
+            "2026-11-24T13:19:59",
+            "2026-13-24T13:19:59Z",
+            "2026-11-24T13:19:59+01:00",
+            "2026-11-24T13:19:59.Z",
+            "+026-11-24T13:19:59Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
     }
 }
