@@ -65,8 +65,8 @@ async fn operator_end_to_end() {
     let edge = example("presencecluster.yaml")
         .replace("drainTimeout: 30s", "drainTimeout: 3s")
         .replace(
-            "  presence: {offlineThreshold: 60s}",
-            "  presence: {offlineThreshold: 60s}\n  rebalance: {enabled: false}",
+            "  presence: {offlineThreshold: 60s, events: {enabled: true}}",
+            "  presence: {offlineThreshold: 60s, events: {enabled: true}}\n  rebalance: {enabled: false}",
         );
     assert!(edge.contains("drainTimeout: 3s") && edge.contains("rebalance: {enabled: false}"));
     let (ok, out) = apply(&lc, "edge.yaml", &edge);
@@ -941,8 +941,8 @@ async fn operator_end_to_end() {
     let stall_forever = edge
         .replace("name: edge", "name: zero-write-timeout")
         .replace(
-            "  presence: {offlineThreshold: 60s}",
-            "  presence: {offlineThreshold: 60s}\n  sidecar: {writeTimeout: 0s}",
+            "  presence: {offlineThreshold: 60s, events: {enabled: true}}",
+            "  presence: {offlineThreshold: 60s, events: {enabled: true}}\n  sidecar: {writeTimeout: 0s}",
         );
     let (ok, out) = apply(&lc, "zero-write-timeout.yaml", &stall_forever);
     assert!(
@@ -962,6 +962,13 @@ async fn operator_end_to_end() {
         !ok && out.contains("rotationInterval must be at least 5m"),
         "{out}"
     );
+    let tiny_journal = edge.replace("name: edge", "name: tiny-journal").replace(
+        "events: {enabled: true}",
+        "events: {enabled: true, buffer: 8}",
+    );
+    assert!(tiny_journal.contains("buffer: 8"));
+    let (ok, out) = apply(&lc, "tiny-journal.yaml", &tiny_journal);
+    assert!(!ok && out.contains("spec.presence.events.buffer"), "{out}");
     step!("invalid specs refused by the apiserver");
 
     let broken = edge

@@ -23,7 +23,10 @@ use ballast_fleet::simulate::report::ScenarioReport;
 use ballast_fleet::simulate::run_scenario;
 use common::*;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use std::sync::{Arc, Mutex};
+
+use ballast_fleet::presence::{check_accounted_in_order, events_of, EventConsumer};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::ListParams;
 use kube::Api;
 
@@ -242,6 +245,10 @@ struct Seen {
     kubectl_lines: Vec<String>,
     kubectl_at: Option<Instant>,
     samples: usize,
+    /// Each pod ConfigMap `edge-planned-disconnects` listed as draining, as first listed.
+    planned_listed: BTreeMap<String, serde_json::Value>,
+    /// The ConfigMap's latest document.
+    planned_now: serde_json::Value,
 }
 
 impl Seen {
@@ -281,6 +288,13 @@ impl Seen {
         };
         if let Ok(status) = prc_status(&rig.lc, "edge").await {
             self.status = status;
+        }
+        if let Some(doc) = planned_disconnects(&rig.lc).await {
+            for pod in doc["pods"].as_array().into_iter().flatten() {
+                let name = pod["name"].as_str().unwrap_or_default().to_owned();
+                self.planned_listed.entry(name).or_insert(pod.clone());
+            }
+            self.planned_now = doc;
         }
         self.pods_now.clear();
         self.not_ready_why.clear();
@@ -442,6 +456,89 @@ impl Seen {
             self.refused_for_rate
         );
     }
+}
+
+/// The document of ConfigMap `edge-planned-disconnects`, if it is there.
+async fn planned_disconnects(lc: &LocalCluster) -> Option<serde_json::Value> {
+    let maps: Api<ConfigMap> = Api::namespaced(lc.client.clone(), NS);
+    let map = maps.get_opt("edge-planned-disconnects").await.ok()??;
+    let text = map.data?.remove("planned-disconnects.json")?;
+    serde_json::from_str(&text).ok()
+}
+
+/// A presence backend following every current pod's lifecycle events (token from Secret
+/// `edge-events-token`), each stream read until it ends: pod name → events read so far.
+async fn follow_events(rig: &Rig) -> BTreeMap<String, Arc<Mutex<Vec<serde_json::Value>>>> {
+    let secrets: Api<Secret> = Api::namespaced(rig.lc.client.clone(), NS);
+    let token = secrets
+        .get("edge-events-token")
+        .await
+        .unwrap()
+        .data
+        .unwrap()["token"]
+        .0
+        .clone();
+    let token = String::from_utf8(token).unwrap();
+    let mut followed = BTreeMap::new();
+    for pod in rig
+        .pods
+        .list(&ListParams::default().labels(GATEWAYS))
+        .await
+        .unwrap()
+    {
+        let name = pod.metadata.name.clone().unwrap();
+        let ip = pod.status.unwrap().pod_ip.unwrap();
+        let admin: std::net::SocketAddr = format!("{ip}:9901").parse().unwrap();
+        let refused = EventConsumer::open(admin, None, "", None).await.err();
+        assert!(
+            refused
+                .as_ref()
+                .is_some_and(|e| e.to_string().contains(" 401 ")),
+            "events without the token: {refused:?}"
+        );
+        let mut stream = EventConsumer::open(admin, Some(&token), "", None)
+            .await
+            .unwrap();
+        let read = Arc::new(Mutex::new(Vec::new()));
+        let into = read.clone();
+        tokio::spawn(async move {
+            while let Some(event) = stream.next(Duration::from_secs(3_600)).await {
+                into.lock().unwrap().push(event);
+            }
+        });
+        followed.insert(name, read);
+    }
+    followed
+}
+
+/// What a presence backend saw of a pod the roll replaced: the planned disconnects of its
+/// agents, each saying until when the agent is expected back, in order and to the end (every
+/// agent it saw connect, it saw leave: the stream outlived the pod's last close).
+fn assert_events_of_a_replaced_pod(name: &str, events: &[serde_json::Value]) -> usize {
+    check_accounted_in_order(events).unwrap();
+    assert!(
+        events.iter().all(|e| e["pod"] == name),
+        "{name}: {events:?}"
+    );
+    let planned: Vec<_> = events_of(events, "disconnected")
+        .filter(|e| e["cause"] == "planned")
+        .collect();
+    assert!(!planned.is_empty(), "{name}: no planned disconnect seen");
+    for e in &planned {
+        assert!(e["expected_back_by"].as_str() > e["time"].as_str(), "{e}");
+    }
+    let left: BTreeSet<_> = events_of(events, "disconnected")
+        .filter_map(|e| e["connection"].as_u64())
+        .collect();
+    for e in events_of(events, "connected") {
+        assert!(
+            e["connection"]
+                .as_u64()
+                .is_some_and(|id| left.contains(&id)),
+            "{name}: never left: {e}"
+        );
+    }
+    planned.len()
 }
 
 /// What a person wants from a fleet's summary, on one line (the whole one lists every agent).
@@ -712,11 +809,45 @@ async fn rolling_restart_renewal_replaces_each_pod_once() {
         watch_kubectl: true,
         ..Seen::default()
     };
+    let followed = follow_events(&rig).await;
     let (before, rolled_in, balanced_in) = seen.renew_roll_and_balance(&rig).await;
     let summary = {
         rig.settle().await;
         rig.fleet.stop().await
     };
+    // The presence backend's view: every replaced pod announced its drain in the ConfigMap
+    // (and its agents' planned disconnects in its event stream), and the window closed after.
+    let mut planned_events = 0;
+    for (name, events) in &followed {
+        let listed = &seen.planned_listed.get(name);
+        let listed =
+            listed.unwrap_or_else(|| panic!("{name} never listed: {:?}", seen.planned_listed));
+        assert!(
+            listed["holdOfflineUntil"].as_str() > listed["drainingUntil"].as_str(),
+            "{listed}"
+        );
+        planned_events += assert_events_of_a_replaced_pod(name, &events.lock().unwrap());
+    }
+    assert!(
+        planned_events as u64 <= summary.graceful_closes,
+        "{planned_events} planned disconnect events, {}",
+        brief(&summary)
+    );
+    eventually(
+        "no pod listed as draining",
+        Duration::from_secs(60),
+        || async {
+            match planned_disconnects(&rig.lc).await {
+                Some(doc) if doc["pods"] == serde_json::json!([]) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    step!(
+        "presence backend: {planned_events} planned disconnect events from the 3 replaced pods, each pod listed in edge-planned-disconnects while it drained: {:?}",
+        seen.planned_listed
+    );
     step!(
         "RollingRestart renewal: rolled in {:.1}s, balanced {:.1}s after the renewal; peak per pod {:?}; most unavailable {}; peak accepts/s {:?}; refused for the handshake rate {:?}; {}",
         rolled_in.as_secs_f64(),
@@ -906,8 +1037,8 @@ async fn the_leader_killed_mid_roll_is_resumed_by_the_other_replica() {
             ("strategy: HotReload", "strategy: RollingRestart"),
             ("maxConnectionsPerPod: 10000", "maxConnectionsPerPod: 2000"),
             (
-                "presence: {offlineThreshold: 60s}",
-                "presence: {offlineThreshold: 60s}\n  rebalance: {enabled: false}",
+                "presence: {offlineThreshold: 60s, events: {enabled: true}}",
+                "presence: {offlineThreshold: 60s, events: {enabled: true}}\n  rebalance: {enabled: false}",
             ),
         ],
     )

@@ -109,3 +109,54 @@ impl EventConsumer {
         Ok(())
     }
 }
+
+/// Every event follows the one before by exactly one `seq` (a `gap` by its `missed`), within
+/// one boot: nothing lost unannounced, nothing out of order, nothing twice.
+pub fn check_accounted_in_order(events: &[serde_json::Value]) -> Result<()> {
+    for pair in events.windows(2) {
+        let seq = |e: &serde_json::Value| e["seq"].as_i64().unwrap_or(-1);
+        let step = seq(&pair[1]) - seq(&pair[0]);
+        let expected = pair[1]["missed"].as_i64().unwrap_or(1);
+        if step != expected || pair[0]["boot"] != pair[1]["boot"] {
+            bail!(
+                "seq {} then {} (expected +{expected}, same boot): {pair:?}",
+                seq(&pair[0]),
+                seq(&pair[1])
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Events of one kind (`connected`, `disconnected`, `refused`, `gap`).
+pub fn events_of<'a>(
+    events: &'a [serde_json::Value],
+    kind: &'a str,
+) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
+    events.iter().filter(move |e| e["event"] == kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn order_checks_count_gaps_and_refuse_holes_repeats_and_boots() {
+        let e = |seq: u64| json!({"seq": seq, "boot": "a", "event": "connected"});
+        let gap = json!({"seq": 9, "boot": "a", "event": "gap", "missed": 6});
+        assert!(check_accounted_in_order(&[e(1), e(2), e(3), gap.clone(), e(10)]).is_ok());
+        assert!(check_accounted_in_order(&[e(1), e(3)]).is_err(), "a hole");
+        assert!(check_accounted_in_order(&[e(1), e(1)]).is_err(), "a repeat");
+        assert!(
+            check_accounted_in_order(&[e(2), gap]).is_err(),
+            "a gap miscounted"
+        );
+        let other = json!({"seq": 2, "boot": "b", "event": "connected"});
+        assert!(
+            check_accounted_in_order(&[e(1), other]).is_err(),
+            "another boot"
+        );
+        assert_eq!(events_of(&[e(1), e(2)], "connected").count(), 2);
+    }
+}

@@ -130,6 +130,12 @@ pub struct ListenerSpec {
     /// by each agent's first bytes: an MQTT CONNECT or an HTTP GET; anything else is tcp).
     #[serde(default)]
     pub protocol: AgentProtocol,
+    /// With `protocol: mqtt` or `auto`: the MQTT 5 Server Reference the sidecar's DISCONNECT
+    /// 0x9C carries on a planned close, where agents should reconnect (e.g. another region's
+    /// `host:port`). Unset: agents reconnect to the address they used, landing on another pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub mqtt_server_reference: Option<String>,
 }
 
 /// The agents' protocol on the listener.

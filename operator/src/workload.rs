@@ -401,6 +401,9 @@ fn sidecar_container(prc: &PresenceCluster, env: &Environment) -> Container {
             ..VolumeMount::default()
         });
     }
+    if let Some(reference) = &spec.listener.mqtt_server_reference {
+        args.push(format!("--mqtt-server-reference={reference}"));
+    }
     if spec.presence.events.enabled {
         args.extend([
             format!("--events-buffer={}", spec.presence.events.buffer),
@@ -734,10 +737,12 @@ mod tests {
         prc.spec.presence.events.enabled = true;
         prc.spec.presence.events.buffer = 500;
         prc.spec.presence.offline_threshold = "90s".into();
+        prc.spec.listener.mqtt_server_reference = Some("eu-2.example:8883".into());
         let w = build(&prc, &Environment::default());
         let c = sidecar(&w);
         let args = c.args.unwrap();
         for arg in [
+            "--mqtt-server-reference=eu-2.example:8883",
             "--events-buffer=500",
             "--events-token-file=/etc/ballast/events/token",
             "--planned-reconnect-window=90s",

@@ -102,6 +102,12 @@ pub struct Config {
     #[arg(long, env = "BALLAST_PROTOCOL", value_enum, default_value = "tcp")]
     pub protocol: crate::hint::Protocol,
 
+    /// With `--protocol mqtt|auto`: the MQTT 5 Server Reference the DISCONNECT 0x9C carries,
+    /// where the agent should reconnect (e.g. `eu-2.presence.example:8883`). Without it the
+    /// agent reconnects to the address it used, which lands on another pod.
+    #[arg(long, env = "BALLAST_MQTT_SERVER_REFERENCE", value_parser = crate::hint::parse_server_reference)]
+    pub mqtt_server_reference: Option<String>,
+
     /// The cluster's session-ticket key file (`ticket-keys.json` of the operator's
     /// `<cluster>-ticket-keys` Secret). With it, TLS session tickets are sealed with keys every
     /// pod shares, so an agent moved to another pod resumes instead of a full handshake.

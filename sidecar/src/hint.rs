@@ -36,6 +36,69 @@ pub enum Protocol {
 /// MQTT 5 DISCONNECT: type 14, remaining length 2, reason 0x9C (Use another server), no
 /// properties.
 pub const MQTT5_USE_ANOTHER_SERVER: [u8; 4] = [0xE0, 0x02, 0x9C, 0x00];
+
+/// Longest `--mqtt-server-reference` accepted (a host list, not a document).
+pub const MAX_SERVER_REFERENCE: usize = 1024;
+
+/// The MQTT 5 DISCONNECT 0x9C to send: with a Server Reference property (0x1C, where the
+/// agent should go, e.g. another region's address) when one is configured.
+pub fn mqtt5_disconnect(server_reference: Option<&str>) -> Vec<u8> {
+    let Some(reference) = server_reference else {
+        return MQTT5_USE_ANOTHER_SERVER.to_vec();
+    };
+    let len = reference.len().min(MAX_SERVER_REFERENCE);
+    let properties = 1 + 2 + len;
+    let mut packet = vec![0xE0];
+    put_varint(&mut packet, 1 + varint_len(properties) + properties);
+    packet.push(0x9C);
+    put_varint(&mut packet, properties);
+    packet.push(0x1C);
+    packet.extend_from_slice(&(len as u16).to_be_bytes());
+    packet.extend_from_slice(&reference.as_bytes()[..len]);
+    packet
+}
+
+/// Checks a `--mqtt-server-reference`: an MQTT UTF-8 string (no U+0000), not empty, at most
+/// [`MAX_SERVER_REFERENCE`] bytes.
+pub fn parse_server_reference(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > MAX_SERVER_REFERENCE {
+        return Err(format!("must be 1 to {MAX_SERVER_REFERENCE} bytes"));
+    }
+    if text.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(text.to_owned())
+}
+
+fn varint_len(mut value: usize) -> usize {
+    let mut n = 1;
+    while value >= 128 {
+        value /= 128;
+        n += 1;
+    }
+    n
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: usize) {
+    loop {
+        let byte = (value % 128) as u8;
+        value /= 128;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// Which reconnect hint an agent gets on a planned close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hint {
+    /// MQTT 5 DISCONNECT 0x9C ([`mqtt5_disconnect`]).
+    Mqtt5,
+    /// WebSocket close 1012 ([`WEBSOCKET_SERVICE_RESTART`]).
+    WebSocket,
+}
 /// WebSocket close frame from a server (FIN, opcode 8, unmasked, 2 bytes): code 1012,
 /// Service Restart.
 pub const WEBSOCKET_SERVICE_RESTART: [u8; 4] = [0x88, 0x02, 0x03, 0xF4];
@@ -147,13 +210,13 @@ impl Hints {
 
     /// What to send the agent before close_notify on a planned close: the hint, if the agent
     /// understands one and the stream is between packets.
-    pub fn on_planned_close(&self) -> Option<&'static [u8]> {
+    pub fn on_planned_close(&self) -> Option<Hint> {
         if self.gateway != Frame::Boundary {
             return None;
         }
         match self.agent {
-            Agent::Mqtt(5) => Some(&MQTT5_USE_ANOTHER_SERVER[..]),
-            Agent::WebSocket => Some(&WEBSOCKET_SERVICE_RESTART[..]),
+            Agent::Mqtt(5) => Some(Hint::Mqtt5),
+            Agent::WebSocket => Some(Hint::WebSocket),
             _ => None,
         }
     }
@@ -316,6 +379,42 @@ fn read_first(bytes: &[u8], protocol: Protocol) -> Agent {
 mod tests {
     use super::*;
 
+    /// Reads an MQTT variable byte integer at `at`: (value, bytes used).
+    fn varint(bytes: &[u8], at: usize) -> (usize, usize) {
+        let (mut value, mut scale, mut i) = (0, 1, at);
+        loop {
+            value += (bytes[i] & 0x7F) as usize * scale;
+            scale *= 128;
+            i += 1;
+            if bytes[i - 1] & 0x80 == 0 {
+                return (value, i - at);
+            }
+        }
+    }
+
+    #[test]
+    fn the_disconnect_carries_a_server_reference_when_one_is_configured() {
+        assert_eq!(mqtt5_disconnect(None), MQTT5_USE_ANOTHER_SERVER);
+        for reference in ["eu-2.presence.example:8883", &"x".repeat(200)] {
+            let packet = mqtt5_disconnect(Some(reference));
+            assert_eq!(packet[0], 0xE0);
+            let (remaining, used) = varint(&packet, 1);
+            assert_eq!(remaining, packet.len() - 1 - used, "remaining length");
+            let body = &packet[1 + used..];
+            assert_eq!(body[0], 0x9C);
+            let (properties, used) = varint(body, 1);
+            let props = &body[1 + used..];
+            assert_eq!(props.len(), properties);
+            assert_eq!(props[0], 0x1C, "Server Reference");
+            let len = u16::from_be_bytes([props[1], props[2]]) as usize;
+            assert_eq!(&props[3..3 + len], reference.as_bytes());
+        }
+        assert!(parse_server_reference("eu-2.presence.example:8883").is_ok());
+        assert!(parse_server_reference("").is_err());
+        assert!(parse_server_reference("a\u{0}b").is_err());
+        assert!(parse_server_reference(&"x".repeat(MAX_SERVER_REFERENCE + 1)).is_err());
+    }
+
     /// An MQTT CONNECT of the given level (body beyond the level is filler).
     fn connect(level: u8) -> Vec<u8> {
         let mut packet = vec![0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', level];
@@ -332,10 +431,7 @@ mod tests {
         assert_eq!(hints.agent_protocol(), "mqtt5");
         // CONNACK, then a PUBLISH with a two-byte remaining length (200), byte by byte.
         hints.gateway_sent(&[0x20, 0x03, 0x00, 0x00, 0x00]);
-        assert_eq!(
-            hints.on_planned_close(),
-            Some(&MQTT5_USE_ANOTHER_SERVER[..])
-        );
+        assert_eq!(hints.on_planned_close(), Some(Hint::Mqtt5));
         let mut publish = vec![0x30, 0xC8, 0x01];
         publish.extend(std::iter::repeat_n(7u8, 200));
         for (i, byte) in publish.iter().enumerate() {
@@ -420,10 +516,7 @@ mod tests {
             assert_eq!(hints.on_planned_close(), None, "inside the head, byte {i}");
             hints.gateway_sent(&[*byte]);
         }
-        assert_eq!(
-            hints.on_planned_close(),
-            Some(&WEBSOCKET_SERVICE_RESTART[..])
-        );
+        assert_eq!(hints.on_planned_close(), Some(Hint::WebSocket));
         // Every length encoding, a fragmented message and a masked frame, byte by byte.
         let mut masked = vec![0x82, 0x80 | 3, 1, 2, 3, 4];
         masked.extend_from_slice(b"abc");

@@ -27,7 +27,7 @@ use ballast_contract::events::RefusedReason;
 
 use crate::admission::Ticket;
 use crate::events;
-use crate::hint::Hints;
+use crate::hint::{Hint, Hints, WEBSOCKET_SERVICE_RESTART};
 use crate::metrics::CloseCause;
 use crate::proxy_protocol;
 use crate::server::Shared;
@@ -142,6 +142,7 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut ti
         deadlines,
         hints,
         metrics,
+        &shared.mqtt5_disconnect,
     )
     .await;
     let id = registration.id();
@@ -272,14 +273,16 @@ async fn pump(
     deadlines: Deadlines,
     mut hints: Hints,
     metrics: &crate::metrics::Metrics,
+    mqtt5_disconnect: &[u8],
 ) -> CloseCause {
     // A drain's close: the agent's protocol hint first (MQTT 5: use another server), if any.
     let planned = |hints: &Hints| {
-        let hint = hints.on_planned_close();
-        if hint.is_some() {
-            metrics.reconnect_hint(hints.agent_protocol()).inc();
-        }
-        hint
+        let hint = hints.on_planned_close()?;
+        metrics.reconnect_hint(hints.agent_protocol()).inc();
+        Some(match hint {
+            Hint::Mqtt5 => mqtt5_disconnect,
+            Hint::WebSocket => &WEBSOCKET_SERVICE_RESTART[..],
+        })
     };
     let mut client_sending = true;
     let mut upstream_sending = true;

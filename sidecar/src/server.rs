@@ -51,6 +51,8 @@ pub struct Shared {
     /// Handshakes since the last report.
     pub handshakes: RecentHandshakes,
     pub metrics: Arc<Metrics>,
+    /// The MQTT 5 DISCONNECT a planned close sends (with the Server Reference, if any).
+    pub mqtt5_disconnect: Vec<u8>,
     /// Lifecycle events for presence backends (none with `--events-buffer 0`).
     pub events: Option<Arc<Journal>>,
     pub config: Config,
@@ -85,6 +87,9 @@ impl Shared {
         });
         Self {
             events,
+            mqtt5_disconnect: crate::hint::mqtt5_disconnect(
+                config.mqtt_server_reference.as_deref(),
+            ),
             listen: config.listen,
             upstream: config.upstream,
             upstream_sources: config.upstream_sources.clone(),

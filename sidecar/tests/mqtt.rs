@@ -1,7 +1,7 @@
 //! Reconnect hints to real MQTT 5 clients through a real broker: mosquitto (Debian's) is the
 //! gateway behind the sidecar, paho-mqtt (Eclipse's, from PyPI) the agents, each with a Last
 //! Will on its presence topic. A paced drain of half of them: each drained agent receives
-//! DISCONNECT 0x9C (use another server), reconnects, and the broker publishes no will over the
+//! DISCONNECT 0x9C (use another server) with the configured Server Reference, reconnects, and the broker publishes no will over the
 //! whole Will Delay window; a certificate hot reload disconnects nobody.
 
 mod common;
@@ -14,6 +14,8 @@ use common::*;
 
 /// Agents in the test, half of them drained.
 const AGENTS: usize = 20;
+/// Where the DISCONNECT sends the drained agents (`--mqtt-server-reference`).
+const SERVER_REFERENCE: &str = "eu-2.presence.example:8883";
 /// The agents' Will Delay Interval, seconds: the window in which no will may fire.
 const WILL_DELAY: u64 = 30;
 
@@ -97,7 +99,16 @@ async fn drained_mqtt5_agents_are_told_to_use_another_server_and_no_will_fires()
     let pki = Pki::new();
     let (cert, renewed) = (pki.issue(), pki.issue());
     let volume = SecretVolume::new(&cert.cert_pem, &cert.key_pem);
-    let sidecar = Sidecar::start(&volume, broker.addr, &["--protocol", "mqtt"]);
+    let sidecar = Sidecar::start(
+        &volume,
+        broker.addr,
+        &[
+            "--protocol",
+            "mqtt",
+            "--mqtt-server-reference",
+            SERVER_REFERENCE,
+        ],
+    );
     let dir = TempDir::new("mqtt");
     let ca = dir.0.join("ca.crt");
     std::fs::write(&ca, pki.ca.cert_pem()).unwrap();
@@ -158,6 +169,12 @@ async fn drained_mqtt5_agents_are_told_to_use_another_server_and_no_will_fires()
         "{context}"
     );
     assert_eq!(report["connects"], AGENTS + 10, "{context}");
+    // Each DISCONNECT said where to go (paho hands the property to the application).
+    assert_eq!(
+        report["server_references"],
+        serde_json::json!({ SERVER_REFERENCE: 10 }),
+        "{context}"
+    );
     assert_eq!(report["wills"], 0, "{context}");
     assert_eq!(
         sidecar.metric("ballast_sidecar_connections_closed_total{cause=\"drain\"}"),

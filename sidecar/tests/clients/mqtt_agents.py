@@ -6,7 +6,8 @@ disconnect. An observer connects straight to the broker and counts every will it
 Driven over stdin/stdout, one JSON object a line:
   prints {"connected": N} once all N agents are connected;
   on a line "report": prints {"connected": c, "disconnects": {"<reason code>": count},
-  "agents_hinted": h, "wills": w, "connects": k} and exits.
+  "agents_hinted": h, "server_references": {"<Server Reference>": count}, "wills": w,
+  "connects": k} and exits.
 
 usage: mqtt_agents.py SIDECAR_HOST SIDECAR_PORT CA_FILE BROKER_HOST BROKER_PORT N WILL_DELAY
 """
@@ -28,6 +29,7 @@ lock = threading.Lock()
 connected = set()
 disconnects = {}  # reason code -> count
 hinted = set()  # agents that received DISCONNECT 0x9C
+server_references = {}  # Server Reference property of a DISCONNECT -> count
 connects = [0]
 wills = [0]
 
@@ -54,6 +56,9 @@ def agent(i):
             disconnects[str(code)] = disconnects.get(str(code), 0) + 1
             if code == USE_ANOTHER_SERVER:
                 hinted.add(i)
+            reference = getattr(properties, "ServerReference", None)
+            if reference is not None:
+                server_references[reference] = server_references.get(reference, 0) + 1
 
     client.on_connect = on_connect
     client.on_disconnect = on_disconnect
@@ -94,6 +99,7 @@ with lock:
         "connected": len(connected),
         "disconnects": disconnects,
         "agents_hinted": len(hinted),
+        "server_references": server_references,
         "wills": wills[0],
         "connects": connects[0],
     }), flush=True)

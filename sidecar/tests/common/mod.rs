@@ -498,21 +498,12 @@ pub fn brief(s: &ballast_fleet::summary::FleetSummary) -> String {
 #[allow(unused_imports)] // Not every test file follows events.
 pub use ballast_fleet::presence::EventConsumer;
 
-/// Events of one kind (`connected`, `disconnected`, `refused`, `gap`).
-pub fn events_of<'a>(
-    events: &'a [serde_json::Value],
-    kind: &'a str,
-) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
-    events.iter().filter(move |e| e["event"] == kind)
-}
+#[allow(unused_imports)]
+pub use ballast_fleet::presence::events_of;
 
-/// Every event follows the one before by exactly one `seq` (a gap by its `missed`): nothing
-/// lost unannounced, nothing out of order, nothing twice.
+/// See [`ballast_fleet::presence::check_accounted_in_order`].
 pub fn assert_accounted_in_order(events: &[serde_json::Value]) {
-    for pair in events.windows(2) {
-        let step = pair[1]["seq"].as_u64().unwrap() - pair[0]["seq"].as_u64().unwrap();
-        let expected = pair[1]["missed"].as_u64().unwrap_or(1);
-        assert_eq!(step, expected, "{:#?}", pair);
-        assert_eq!(pair[0]["boot"], pair[1]["boot"]);
+    if let Err(e) = ballast_fleet::presence::check_accounted_in_order(events) {
+        panic!("{e}");
     }
 }
