@@ -81,6 +81,19 @@ impl EventConsumer {
         }
     }
 
+    /// Reads events into `read` until it holds `n` events of `kind`.
+    pub async fn read_until_seen(
+        &mut self,
+        read: &mut Vec<serde_json::Value>,
+        within: Duration,
+        kind: &str,
+        n: usize,
+    ) -> Result<()> {
+        self.read_until(read, within, |e| events_of(e, kind).count() == n)
+            .await
+            .with_context(|| format!("waiting for {n} {kind} events"))
+    }
+
     /// Reads events into `read` until `done` holds for them; an error after `within`, or when
     /// the stream ends first.
     pub async fn read_until(

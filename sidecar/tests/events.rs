@@ -70,9 +70,7 @@ async fn a_drain_of_n_agents_is_n_planned_disconnects_on_one_pod_and_n_connects_
         .unwrap();
     let mut seen_a = Vec::new();
     from_a
-        .read_until(&mut seen_a, Duration::from_secs(10), |e| {
-            events_of(e, "connected").count() == AGENTS
-        })
+        .read_until_seen(&mut seen_a, Duration::from_secs(10), "connected", AGENTS)
         .await
         .unwrap();
 
@@ -82,16 +80,17 @@ async fn a_drain_of_n_agents_is_n_planned_disconnects_on_one_pod_and_n_connects_
     let (code, answer) = http(a.admin, "POST", "/drain", Some(&body), None).unwrap();
     assert_eq!(code, 202, "{answer}");
     from_a
-        .read_until(&mut seen_a, Duration::from_secs(30), |e| {
-            events_of(e, "disconnected").count() == DRAINED
-        })
+        .read_until_seen(
+            &mut seen_a,
+            Duration::from_secs(30),
+            "disconnected",
+            DRAINED,
+        )
         .await
         .unwrap();
     let mut seen_b = Vec::new();
     from_b
-        .read_until(&mut seen_b, Duration::from_secs(30), |e| {
-            events_of(e, "connected").count() == DRAINED
-        })
+        .read_until_seen(&mut seen_b, Duration::from_secs(30), "connected", DRAINED)
         .await
         .unwrap();
     // Nothing more arrives while the fleet keeps running: exactly N, not N and then some.

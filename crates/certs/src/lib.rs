@@ -360,21 +360,22 @@ fn subject_alt_names(
         for name in &san.value.general_names {
             match name {
                 GeneralName::DNSName(dns_name) => dns.push((*dns_name).to_owned()),
-                GeneralName::IPAddress(bytes) => {
-                    let ip = match bytes.len() {
-                        4 => <[u8; 4]>::try_from(*bytes).ok().map(IpAddr::from),
-                        16 => <[u8; 16]>::try_from(*bytes).ok().map(IpAddr::from),
-                        _ => None,
-                    };
-                    if let Some(ip) = ip {
-                        ips.push(ip.to_string());
-                    }
-                }
+                GeneralName::IPAddress(bytes) => ips.extend(san_ip(bytes)),
                 _ => {}
             }
         }
     }
     (dns, ips)
+}
+
+/// A subjectAltName IP address (4 or 16 bytes), as text.
+fn san_ip(bytes: &[u8]) -> Option<String> {
+    let ip = match bytes.len() {
+        4 => IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        16 => IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+        _ => return None,
+    };
+    Some(ip.to_string())
 }
 
 /// Who a client certificate names: its subject (RFC 4514) and subject alternative names
@@ -391,14 +392,7 @@ pub fn client_identity(der: &[u8]) -> Option<(String, Vec<String>)> {
                 GeneralName::URI(uri) => sans.push(format!("URI:{uri}")),
                 GeneralName::RFC822Name(mail) => sans.push(format!("email:{mail}")),
                 GeneralName::IPAddress(bytes) => {
-                    let ip = match bytes.len() {
-                        4 => <[u8; 4]>::try_from(*bytes).ok().map(IpAddr::from),
-                        16 => <[u8; 16]>::try_from(*bytes).ok().map(IpAddr::from),
-                        _ => None,
-                    };
-                    if let Some(ip) = ip {
-                        sans.push(format!("IP:{ip}"));
-                    }
+                    sans.extend(san_ip(bytes).map(|ip| format!("IP:{ip}")));
                 }
                 _ => {}
             }
