@@ -113,7 +113,10 @@ impl Connections {
             Some(entry) => {
                 // notify_one stores a permit, so a connection busy forwarding still sees it.
                 entry.close.notify_one();
-                entry.closed_into.get_or_insert_with(|| closed.clone());
+                // The newest drain counts it: a drain that asked before was replaced, and a
+                // close counted into the replaced one would leave this drain forever one short
+                // of finished (the pod reported "draining" until its next drain).
+                entry.closed_into = Some(closed.clone());
                 true
             }
             None => false,
@@ -145,5 +148,22 @@ mod tests {
         assert_eq!(closed.load(Ordering::Relaxed), 1);
         drop(newer);
         assert_eq!(closed.load(Ordering::Relaxed), 1, "never asked to close");
+    }
+
+    #[test]
+    fn a_close_asked_again_by_a_newer_drain_counts_for_the_newer_one() {
+        let table = Arc::new(Connections::default());
+        let slow = table.register(1);
+        let (first, second) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        assert!(table.close(slow.id, &first));
+        // Still closing (a peer taking its time) when a new drain replaces the first.
+        assert!(table.close(slow.id, &second));
+        drop(slow);
+        assert_eq!(
+            second.load(Ordering::Relaxed),
+            1,
+            "the running drain sees it"
+        );
+        assert_eq!(first.load(Ordering::Relaxed), 0);
     }
 }
