@@ -100,6 +100,13 @@ sleep 15
 kubectl -n presence get prc edge
 kubectl -n presence get prc edge -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}){"\n"}{end}'
 
+say "a presence backend follows each pod's lifecycle events (GET /events, token from Secret edge-events-token)…"
+EVENTS_TOKEN=$(kubectl -n presence get secret edge-events-token -o jsonpath='{.data.token}' | base64 -d)
+for ip in $(kubectl -n presence get pods -l ballast.dev/presencecluster=edge -o jsonpath='{.items[*].status.podIP}'); do
+  # Each stream ends when its pod's sidecar exits after the roll drained it.
+  curl -sN --max-time 300 -H "Authorization: Bearer $EVENTS_TOKEN" "http://$ip:9901/events" \
+    >"$BALLAST_E2E_DIR/events-$ip.ndjson" 2>/dev/null &
+done
 say "rotation strategy → RollingRestart: the gateways restart, one pod at a time, drained first…"
 ROLL_AT=$(( $(date +%s) - FLEET_START ))
 OLD_UIDS=$(kubectl -n presence get pods -l ballast.dev/presencecluster=edge -o jsonpath='{.items[*].metadata.uid}')
@@ -129,6 +136,23 @@ kill -INT "$FLEET_PID" 2>/dev/null || true
 wait "$FLEET_PID" || true; FLEET_PID=""
 say "summary:"
 REPLICAS=$(kubectl -n presence get prc edge -o jsonpath='{.spec.replicas}')
+python3 - "$BALLAST_E2E_DIR"/events-*.ndjson <<'PY'
+import collections, json, sys
+causes, connected, gaps = collections.Counter(), 0, 0
+for path in sys.argv[1:]:
+    for line in open(path):
+        e = json.loads(line)
+        if e["event"] == "disconnected":
+            causes[e["cause"]] += 1
+        elif e["event"] == "connected":
+            connected += 1
+        elif e["event"] == "gap":
+            gaps += e["missed"]
+planned = causes.pop("planned", 0)
+other = ", ".join(f"{n} {cause}" for cause, n in causes.items()) or "none"
+print(f"  presence backend       the {len(sys.argv) - 1} original pods' event streams: {planned} planned disconnects"
+      f" (each saying when the agent is expected back), other disconnects: {other}; {connected} connects; {gaps} events missed")
+PY
 python3 - "$BALLAST_E2E_DIR/summary.json" "$ROLL_AT" "$REPLICAS" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
