@@ -4,9 +4,11 @@
 #
 # Prints, for each proxy:
 #   - memory per idle TLS connection: (RSS with N idle agents - RSS before) / N, per size
-#   - full TLS handshakes per second (openssl s_time -new, two clients in parallel), and
-#     resumed ones (s_time -reuse; the sidecar with shared ticket keys, the others with their
-#     own default ticket keys)
+#   - full TLS handshakes per second (`ballast-fleet handshakes`: rustls clients that verify
+#     the chain, HANDSHAKE_CLIENTS connections in flight, each a handshake, a HELLO through the
+#     proxy to the gateway and close_notify), and resumed ones (--resume; the sidecar with
+#     shared ticket keys, the others with their own default ticket keys). `openssl s_time`
+#     spent ~1.4 ms of CPU per handshake itself, so it, not the proxy, set the rate.
 #   - a reconnect storm: STORM_AGENTS agents connected, the proxy killed (SIGKILL) and started
 #     again; seconds until every agent is back and CPU seconds the new proxy spent, for the
 #     sidecar with agents that resume (its ticket keys outlive the process, as the Secret
@@ -21,7 +23,7 @@
 # into the cache), so no service is started and nothing listens beyond this script's own.
 #
 # Environment: BENCH_SIZES (default "5000 9000"), RELOAD_AGENTS (default 9000),
-# HANDSHAKE_SECONDS (default 10), STORM_AGENTS (default 9000), HAPROXY_HARD_STOP (default 10s, also nginx's
+# HANDSHAKE_SECONDS (default 10), HANDSHAKE_CLIENTS (default 4), STORM_AGENTS (default 9000), HAPROXY_HARD_STOP (default 10s, also nginx's
 # worker_shutdown_timeout), BENCH_PROXIES (default "ballast haproxy nginx").
 # This machine caps open files at its hard limit (`ulimit -Hn`); a proxy holds two
 # descriptors per agent, so sizes above (limit/2 - 100) are skipped with a message.
@@ -30,6 +32,7 @@ cd "$(dirname "$0")/.."
 SIZES=${BENCH_SIZES:-"5000 9000"}
 RELOAD_AGENTS=${RELOAD_AGENTS:-9000}
 HS_SECONDS=${HANDSHAKE_SECONDS:-10}
+HS_CLIENTS=${HANDSHAKE_CLIENTS:-4}
 STORM_AGENTS=${STORM_AGENTS:-9000}
 HARD_STOP=${HAPROXY_HARD_STOP:-10s}
 PROXIES=${BENCH_PROXIES:-"ballast haproxy nginx"}
@@ -201,29 +204,28 @@ measure_handshakes() { # $1 proxy name
   "start_$1"
   local kind flag n secs cpu0 cpu1
   for kind in full resumed; do
-    flag=-new; [ "$kind" = resumed ] && flag=-reuse
-    say "$1: $kind handshakes for ${HS_SECONDS}s (openssl s_time $flag -www /, 2 clients)…"
+    flag=""; [ "$kind" = resumed ] && flag=--resume
+    say "$1: $kind handshakes for ${HS_SECONDS}s (ballast-fleet handshakes $flag, $HS_CLIENTS in flight)…"
     cpu0=$(cpu_ticks $(holders "$1"))
-    for i in 1 2; do
-      # The client's own CPU seconds go to stime.$i.cpu (its rusage, through python3).
-      python3 -c 'import resource, subprocess, sys
-subprocess.run(sys.argv[2:])
+    # The client's own CPU seconds go to handshakes.cpu (its rusage, through python3).
+    python3 -c 'import resource, subprocess, sys
+out = open(sys.argv[2], "w")
+subprocess.run(sys.argv[3:], stdout=out)
 r = resource.getrusage(resource.RUSAGE_CHILDREN)
-open(sys.argv[1], "w").write("%f\n" % (r.ru_utime + r.ru_stime))' "$WORK/stime.$i.cpu" \
-        openssl s_time -connect "$LISTEN_IP:$PORT" "$flag" -www / -time "$HS_SECONDS" >"$WORK/stime.$i" 2>&1 &
-      PIDS+=($!)
-    done
-    wait "${PIDS[-1]}" "${PIDS[-2]}" 2>/dev/null || true
+open(sys.argv[1], "w").write("%f\n" % (r.ru_utime + r.ru_stime))' "$WORK/handshakes.cpu" "$WORK/handshakes.json" \
+      "$BIN/ballast-fleet" handshakes --target "$LISTEN_IP:$PORT" --ca "$WORK/pki/ca.crt" \
+      --clients "$HS_CLIENTS" --duration "${HS_SECONDS}s" $flag
     cpu1=$(cpu_ticks $(holders "$1"))
     local clients
-    clients=$(cat "$WORK/stime.1.cpu" "$WORK/stime.2.cpu" | awk -v s="$HS_SECONDS" -v c="$(nproc)" '{t+=$1} END {printf "%.0f%%", 100 * t / s / c}')
-    read -r n secs < <(awk '/connections in [0-9.]+ real seconds/ {n+=$1; s=$4} END {print n+0, s+0}' "$WORK/stime.1" "$WORK/stime.2")
+    clients=$(awk -v s="$HS_SECONDS" -v c="$(nproc)" '{t+=$1} END {printf "%.0f%%", 100 * t / s / c}' "$WORK/handshakes.cpu")
+    read -r n secs failures < <(python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r["connections"], r["seconds"], r["failures"])' "$WORK/handshakes.json")
+    [ "$failures" = 0 ] || say "  $failures attempts failed"
     local rate per_ms share
     rate=$(awk -v n="$n" -v s="$secs" 'BEGIN {if (s > 0) printf "%.0f", n / s; else print 0}')
     per_ms=$(awk -v t=$((cpu1 - cpu0)) -v hz="$HZ" -v n="$n" 'BEGIN {if (n > 0) printf "%.3f", 1000 * t / hz / n; else print "-"}')
     share=$(awk -v t=$((cpu1 - cpu0)) -v hz="$HZ" -v s="$HS_SECONDS" -v c="$(nproc)" 'BEGIN {printf "%.0f%%", 100 * t / hz / s / c}')
     RESULTS+=("$1 ${kind}_handshakes_per_second=$rate connections=$n proxy_cpu_ms_per_connection=$per_ms proxy_cpu_share=$share clients_cpu_share=$clients")
-    put "${kind^} handshakes/s (s_time $flag -www, 2 clients, ${HS_SECONDS} s; clients' share of the cores)" "$1" "$rate ($clients)"
+    put "${kind^} handshakes/s (ballast-fleet handshakes, $HS_CLIENTS in flight, ${HS_SECONDS} s; the client's share of the cores)" "$1" "$rate ($clients)"
     put "Proxy CPU per ${kind} connection (proxy's share of the cores)" "$1" "$per_ms ms ($share)"
     put "${kind^} handshakes per proxy CPU-second (capacity, 1 / CPU per connection)" "$1" "$(awk -v m="$per_ms" 'BEGIN {if (m > 0) printf "%.0f", 1000 / m; else print "-"}')"
   done

@@ -9,6 +9,7 @@
 //!   (`HELLO`/`WELCOME`, `PING`/`PONG`) that answers with its pod name.
 //! - [`agents`] runs a fleet of long-lived TLS agents that heartbeat, reconnect with backoff
 //!   and record every gap, close and handshake failure.
+//! - [`handshakes`] opens connections back to back, for a benchmark's handshake rate.
 //! - [`presence`] follows a sidecar's lifecycle events as a presence backend would.
 //! - [`summary`] is the serialisable outcome of a run; [`progress`] prints the live line.
 //! - [`simulate`] replays the incident and other events for a million simulated agents,
@@ -25,6 +26,7 @@
 pub mod agents;
 pub mod certs;
 pub mod gateway;
+pub mod handshakes;
 pub mod latency;
 pub mod presence;
 pub mod progress;

@@ -29,6 +29,8 @@ enum Command {
     Agents(AgentsArgs),
     /// Write a demo CA and server certificate (ca.crt, tls.crt, tls.key).
     Certs(CertsArgs),
+    /// Open connections back to back (handshake, HELLO, close) and print the rate as JSON.
+    Handshakes(HandshakesArgs),
     /// Replay the incident or another event on simulated agents, every strategy side by side.
     Simulate(ballast_fleet::simulate::cli::SimulateArgs),
 }
@@ -110,6 +112,28 @@ struct CertsArgs {
     ca_dir: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct HandshakesArgs {
+    /// The proxy to connect to.
+    #[arg(long, value_parser = parse_target)]
+    target: SocketAddr,
+    /// CA certificate (PEM) the proxy's certificate must chain to.
+    #[arg(long)]
+    ca: PathBuf,
+    /// Name sent as SNI and verified in the certificate.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// Connections in flight at once.
+    #[arg(long, default_value_t = 2)]
+    clients: usize,
+    /// How long to run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Resume sessions (TLS 1.3 tickets) instead of full handshakes.
+    #[arg(long)]
+    resume: bool,
+}
+
 fn parse_target(text: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = text.parse() {
         return Ok(addr);
@@ -136,6 +160,7 @@ async fn main() -> Result<()> {
         Command::Gateway(args) => gateway(args).await,
         Command::Agents(args) => agents(args).await,
         Command::Certs(args) => certs(args),
+        Command::Handshakes(args) => handshakes(args).await,
         Command::Simulate(args) => ballast_fleet::simulate::cli::main(args),
     }
 }
@@ -191,6 +216,23 @@ async fn agents(args: AgentsArgs) -> Result<()> {
         summary.per_agent.clear();
     }
     println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}
+
+async fn handshakes(args: HandshakesArgs) -> Result<()> {
+    raise_fd_limit();
+    let ca_pem = std::fs::read_to_string(&args.ca)
+        .with_context(|| format!("reading CA {}", args.ca.display()))?;
+    let result = ballast_fleet::handshakes::run(ballast_fleet::handshakes::RateConfig {
+        target: args.target,
+        ca_pem,
+        server_name: args.server_name,
+        clients: args.clients,
+        duration: args.duration,
+        resume: args.resume,
+    })
+    .await?;
+    println!("{}", serde_json::to_string(&result)?);
     Ok(())
 }
 

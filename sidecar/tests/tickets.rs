@@ -193,3 +193,45 @@ async fn fleet_agents_that_resume_skip_the_full_handshake_after_a_drain() {
         brief(&summary)
     );
 }
+
+/// The benchmark's rate client (`ballast-fleet handshakes`) measures what it says: full
+/// handshakes without `--resume`, resumed ones with it, each a round trip to the gateway, and
+/// the sidecar's own counters agree with its counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_rate_client_counts_full_and_resumed_handshakes() {
+    let _serial = serial().await;
+    let dir = TempDir::new("tickets-rate");
+    let keys = key_file(&dir.0, "keys.json");
+    let pod = TestPod::start(&["--ticket-keys", path_str(&keys)]).await;
+    let sidecar = &pod.sidecar;
+    let run = |resume| {
+        ballast_fleet::handshakes::run(ballast_fleet::handshakes::RateConfig {
+            target: sidecar.listen,
+            ca_pem: pod.pki.ca.cert_pem(),
+            server_name: "localhost".into(),
+            clients: 2,
+            duration: Duration::from_millis(500),
+            resume,
+        })
+    };
+    let full = run(false).await.unwrap();
+    assert!(full.connections > 0 && full.per_second > 0.0, "{full:?}");
+    assert_eq!((full.resumed, full.failures), (0, 0), "{full:?}");
+    let resumed = run(true).await.unwrap();
+    assert_eq!(resumed.failures, 0, "{resumed:?}");
+    // Only each client's first connection may be a full handshake.
+    assert!(
+        resumed.resumed + 2 >= resumed.connections && resumed.resumed > 0,
+        "{resumed:?}"
+    );
+    let counted = |kind: &str| {
+        sidecar.metric(&format!(
+            "ballast_sidecar_handshakes_total{{kind=\"{kind}\"}}"
+        ))
+    };
+    assert_eq!(
+        counted("full") + counted("resumed"),
+        (full.connections + resumed.connections) as f64
+    );
+    assert_eq!(counted("resumed"), resumed.resumed as f64);
+}

@@ -268,7 +268,7 @@ impl Fleet {
 
 /// The agents' TLS client: ring provider, the given trust anchors, no resumption (an agent
 /// that resumes makes its own copy with a session cache, [`agent::Context::connector`]).
-fn client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>> {
+pub(crate) fn client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots
