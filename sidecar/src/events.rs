@@ -294,15 +294,16 @@ pub fn address_only(peer: std::net::SocketAddr) -> Agent {
 
 /// Who the agent of an established connection is: SNI and address, and under mutual TLS its
 /// certificate's subject and names.
-pub fn identify(peer: std::net::SocketAddr, session: &rustls::ServerConnection) -> Agent {
+pub fn identify(peer: std::net::SocketAddr, session: &crate::agent_tls::AgentTls) -> Agent {
     let (subject, sans) = session
+        .session()
         .peer_certificates()
         .and_then(|chain| chain.first())
         .and_then(|leaf| ballast_certs::client_identity(leaf))
         .map_or((None, Vec::new()), |(subject, sans)| (Some(subject), sans));
     Agent {
         address: peer.to_string(),
-        sni: session.server_name().map(str::to_owned),
+        sni: session.sni().map(str::to_owned),
         subject,
         sans,
     }

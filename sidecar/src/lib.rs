@@ -14,6 +14,8 @@
 //! - `tls`: the served certificate, validated by `ballast-certs` and hot-swapped;
 //!   `secret_watch` wakes the reload when the kubelet swaps the Secret volume; `tickets`
 //!   seals session tickets with the cluster's shared keys so moved agents resume.
+//! - `agent_tls`: one agent's TLS session on rustls's unbuffered API, holding no buffer while
+//!   the agent is quiet.
 //! - `proxy` and `proxy_protocol`: one connection's bytes, without idle buffers; `hint`
 //!   follows the agents' MQTT or WebSocket framing just enough to tell them, on a planned
 //!   close, to reconnect elsewhere.
@@ -37,6 +39,7 @@
 mod accept_errors;
 mod admin;
 mod admission;
+mod agent_tls;
 mod config;
 mod connections;
 mod directives;

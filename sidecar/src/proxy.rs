@@ -3,7 +3,9 @@
 //!
 //! Memory is the constraint that shapes this module. Presence connections are idle almost all
 //! of the time, so a connection holds no copy buffer while it waits: it waits for socket
-//! readiness, and only then borrows a buffer for the burst of bytes that is ready.
+//! readiness, and only then borrows a buffer for the burst of bytes that is ready (its TLS
+//! session, `agent_tls`, likewise keeps none). What only the handshake, the gateway dial or
+//! the close needs is boxed while it runs, so an idle connection's task stays small.
 //!
 //! No peer can hold a connection's task forever: every write has a deadline
 //! (`--write-timeout`, a peer that stops reading is cut with cause `timeout`), a close a drain
@@ -15,24 +17,23 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Notify;
-use tokio_rustls::server::TlsStream;
 
 use ballast_contract::events::RefusedReason;
 
 use crate::admission::Ticket;
+use crate::agent_tls::AgentTls;
 use crate::events;
 use crate::hint::{Hint, Hints, WEBSOCKET_SERVICE_RESTART};
 use crate::metrics::CloseCause;
 use crate::proxy_protocol;
 use crate::server::Shared;
 
-/// Size of the transient buffer used while bytes are flowing (one TLS record's plaintext).
+/// Size of the transient buffer the gateway's bytes are read into (one TLS record's plaintext).
 const BURST_BUFFER: usize = 16 * 1024;
 /// After one side finished, how long the other may take to finish too.
 const HALF_CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -49,8 +50,13 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut ti
 
     metrics.handshakes_in_flight.inc();
     let started = Instant::now();
-    let handshake =
-        tokio::time::timeout(shared.handshake_timeout, served.acceptor.accept(tcp)).await;
+    // Boxed, here and below, so that what only a handshake, a dial or a close needs is not
+    // carried by the task of every idle connection.
+    let handshake = tokio::time::timeout(
+        shared.handshake_timeout,
+        Box::pin(AgentTls::accept(served.config.clone(), tcp)),
+    )
+    .await;
     metrics.handshakes_in_flight.dec();
     ticket.handshake_done();
     let client = match handshake {
@@ -83,7 +89,7 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut ti
         .completed(ticket.queued.as_secs_f64() + handshake_seconds);
     metrics.accepted.inc();
     let resumed = matches!(
-        client.get_ref().1.handshake_kind(),
+        client.session().handshake_kind(),
         Some(rustls::HandshakeKind::Resumed)
     );
     metrics
@@ -93,9 +99,9 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut ti
     let agent = shared
         .events
         .as_ref()
-        .map(|_| events::identify(peer, client.get_ref().1));
+        .map(|_| events::identify(peer, &client));
 
-    let upstream = match dial_upstream(&shared, peer, local).await {
+    let upstream = match Box::pin(dial_upstream(&shared, peer, local)).await {
         Ok(stream) => {
             shared.upstream_dialed(true);
             stream
@@ -183,16 +189,6 @@ async fn dial_upstream(
     Ok(stream)
 }
 
-/// Polls a future once, without waiting. The caller waits for socket readiness instead, so
-/// that no buffer is held across the wait.
-fn poll_now<F: Future>(future: F) -> Option<F::Output> {
-    let mut cx = Context::from_waker(Waker::noop());
-    match pin!(future).poll(&mut cx) {
-        Poll::Ready(out) => Some(out),
-        Poll::Pending => None,
-    }
-}
-
 /// What one pass over the ready bytes of one direction found.
 enum Flow {
     /// Nothing more is ready right now.
@@ -267,7 +263,7 @@ async fn write_within(
 /// Moves bytes both ways until both directions finish, one breaks, a deadline passes, or a
 /// drain closes it.
 async fn pump(
-    mut client: TlsStream<TcpStream>,
+    mut client: AgentTls,
     mut upstream: TcpStream,
     close: &Notify,
     deadlines: Deadlines,
@@ -306,7 +302,12 @@ async fn pump(
             {
                 Flow::Idle => {}
                 Flow::CloseAsked => {
-                    close_gracefully(&mut client, &mut upstream, planned(&hints)).await;
+                    Box::pin(close_gracefully(
+                        &mut client,
+                        &mut upstream,
+                        planned(&hints),
+                    ))
+                    .await;
                     return CloseCause::Drain;
                 }
                 Flow::Finished => {
@@ -331,7 +332,12 @@ async fn pump(
             {
                 Flow::Idle => {}
                 Flow::CloseAsked => {
-                    close_gracefully(&mut client, &mut upstream, planned(&hints)).await;
+                    Box::pin(close_gracefully(
+                        &mut client,
+                        &mut upstream,
+                        planned(&hints),
+                    ))
+                    .await;
                     return CloseCause::Drain;
                 }
                 Flow::Finished => {
@@ -346,6 +352,9 @@ async fn pump(
         drop(buffer);
         if !client_sending && !upstream_sending {
             return first_to_finish.unwrap_or(CloseCause::Client);
+        }
+        if client_sending && client.has_pending_plaintext() {
+            continue;
         }
         if first_to_finish.is_some() && grace_deadline.is_none() {
             grace_deadline = Some(tokio::time::Instant::now() + HALF_CLOSE_GRACE);
@@ -367,15 +376,15 @@ async fn pump(
         };
         tokio::select! {
             _ = close.notified() => {
-                close_gracefully(&mut client, &mut upstream, planned(&hints)).await;
+                Box::pin(close_gracefully(&mut client, &mut upstream, planned(&hints))).await;
                 return CloseCause::Drain;
             }
             _ = idle => {
                 // close_notify all the same: an agent that was only quiet reconnects at once.
-                close_gracefully(&mut client, &mut upstream, None).await;
+                Box::pin(close_gracefully(&mut client, &mut upstream, None)).await;
                 return CloseCause::Timeout;
             }
-            ready = client.get_ref().0.readable(), if client_sending => {
+            ready = client.tcp().readable(), if client_sending => {
                 if ready.is_err() { return CloseCause::Error; }
             }
             ready = upstream.readable(), if upstream_sending => {
@@ -387,7 +396,7 @@ async fn pump(
 }
 
 async fn client_to_upstream(
-    client: &mut TlsStream<TcpStream>,
+    client: &mut AgentTls,
     upstream: &mut TcpStream,
     buffer: &mut Vec<u8>,
     close: &Notify,
@@ -396,16 +405,14 @@ async fn client_to_upstream(
     hints: &mut Hints,
 ) -> Flow {
     loop {
-        if buffer.is_empty() {
-            buffer.resize(BURST_BUFFER, 0);
-        }
-        match poll_now(client.read(buffer)) {
+        buffer.clear();
+        match client.read_ready(buffer) {
             None => return Flow::Idle,
             Some(Ok(0)) => return Flow::Finished,
-            Some(Ok(n)) => {
+            Some(Ok(_)) => {
                 *moved = true;
-                hints.agent_sent(&buffer[..n]);
-                let write = upstream.write_all(&buffer[..n]);
+                hints.agent_sent(buffer);
+                let write = upstream.write_all(buffer);
                 match write_within(write, deadlines, close, CloseCause::Upstream).await {
                     Written::Whole => {}
                     Written::WholeThenClose => return Flow::CloseAsked,
@@ -422,7 +429,7 @@ async fn client_to_upstream(
 
 async fn upstream_to_client(
     upstream: &mut TcpStream,
-    client: &mut TlsStream<TcpStream>,
+    client: &mut AgentTls,
     buffer: &mut Vec<u8>,
     close: &Notify,
     deadlines: Deadlines,
@@ -430,17 +437,12 @@ async fn upstream_to_client(
     hints: &mut Hints,
 ) -> Flow {
     loop {
-        if buffer.is_empty() {
-            buffer.resize(BURST_BUFFER, 0);
-        }
+        buffer.resize(BURST_BUFFER, 0);
         match upstream.try_read(buffer) {
             Ok(0) => return Flow::Finished,
             Ok(n) => {
                 *moved = true;
-                let written = async {
-                    client.write_all(&buffer[..n]).await?;
-                    client.flush().await
-                };
+                let written = client.write_all(&buffer[..n]);
                 match write_within(written, deadlines, close, CloseCause::Client).await {
                     Written::Whole => hints.gateway_sent(&buffer[..n]),
                     Written::WholeThenClose => {
@@ -471,18 +473,10 @@ fn is_peer_gone(e: &io::Error) -> bool {
 
 /// The agent's reconnect hint if there is one, TLS close_notify, then FIN, then a short wait
 /// for the agent to close its side.
-async fn close_gracefully(
-    client: &mut TlsStream<TcpStream>,
-    upstream: &mut TcpStream,
-    hint: Option<&[u8]>,
-) {
+async fn close_gracefully(client: &mut AgentTls, upstream: &mut TcpStream, hint: Option<&[u8]>) {
     let _ = upstream.shutdown().await;
     if let Some(hint) = hint {
-        let sent = async {
-            client.write_all(hint).await?;
-            client.flush().await
-        };
-        let _ = tokio::time::timeout(CLOSE_LINGER, sent).await;
+        let _ = tokio::time::timeout(CLOSE_LINGER, client.write_all(hint)).await;
     }
     if tokio::time::timeout(CLOSE_LINGER, client.shutdown())
         .await
@@ -491,11 +485,12 @@ async fn close_gracefully(
         return;
     }
     let _ = tokio::time::timeout(CLOSE_LINGER, async {
-        let mut sink = [0u8; 512];
+        let mut sink = Vec::new();
         while let Ok(n) = client.read(&mut sink).await {
             if n == 0 {
                 break;
             }
+            sink.clear();
         }
     })
     .await;

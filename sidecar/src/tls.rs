@@ -19,7 +19,6 @@ use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
-use tokio_rustls::TlsAcceptor;
 
 use ballast_certs::{CertificateError, Expect, PemFiles, ServingCertificate};
 use ballast_contract::clock;
@@ -31,7 +30,8 @@ use crate::tickets::{TicketKeyRing, Ticketer};
 /// What the accept loop needs for one new connection.
 #[derive(Clone)]
 pub struct Served {
-    pub acceptor: TlsAcceptor,
+    /// The configuration new agent handshakes use.
+    pub config: Arc<ServerConfig>,
     /// Increases with every successful reload; drains close lower generations first.
     pub generation: u64,
     pub certificate: ServingCertificate,
@@ -70,7 +70,8 @@ pub struct TlsState {
 struct SingleCert(Arc<CertifiedKey>);
 
 impl ResolvesServerCert for SingleCert {
-    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        crate::agent_tls::note_sni(hello.server_name());
         Some(self.0.clone())
     }
 }
@@ -334,7 +335,7 @@ fn build(
         config.send_tls13_tickets = 1;
     }
     Ok(Served {
-        acceptor: TlsAcceptor::from(Arc::new(config)),
+        config: Arc::new(config),
         generation,
         certificate,
         loaded_at: clock::unix_now(),

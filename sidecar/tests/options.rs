@@ -102,10 +102,10 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_client_ca() 
     )
     .await;
     assert!(wrong_ca.is_err(), "{wrong_ca:?}");
-    assert_eq!(
-        sidecar.metric("ballast_sidecar_connections_closed_total{cause=\"error\"}"),
-        2.0
-    );
+    // The agent hears the alert before the sidecar has counted the failure.
+    let failed = "ballast_sidecar_connections_closed_total{cause=\"error\"}";
+    sidecar.wait_for(Duration::from_secs(10), |s| s.metric(failed) >= 2.0);
+    assert_eq!(sidecar.metric(failed), 2.0);
     assert_eq!(
         sidecar.metric("ballast_sidecar_connections_accepted_total"),
         1.0
