@@ -97,6 +97,7 @@ impl TlsState {
         ca_path: Option<PathBuf>,
         client_ca: Option<PathBuf>,
     ) -> Result<Self, StartupError> {
+        let provider = Arc::new(prefer_aes128_sha256(&provider));
         let client_roots = match client_ca {
             None => None,
             Some(path) => Some(Arc::new(load_roots(&path)?)),
@@ -305,6 +306,20 @@ impl TlsState {
     }
 }
 
+/// The provider with TLS 1.3's AES-128-GCM/SHA-256 first, for the server to choose whatever the
+/// agent's order ([`ServerConfig::ignore_client_order`]). The certificate (P-256) and the key
+/// exchange (X25519) give 128-bit security, so AES-256 with SHA-384 costs more without being
+/// stronger; and every handshake hashes its transcript and derives its keys with the suite's
+/// hash, which x86 computes in hardware for SHA-256 (SHA-NI) but not for SHA-384. Agents that
+/// offer only other suites still get them.
+fn prefer_aes128_sha256(provider: &CryptoProvider) -> CryptoProvider {
+    let mut provider = provider.clone();
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    provider
+}
+
 fn build(
     provider: &Arc<CryptoProvider>,
     client_roots: Option<&Arc<RootCertStore>>,
@@ -328,6 +343,7 @@ fn build(
         }
     };
     let mut config = builder.with_cert_resolver(Arc::new(SingleCert(certificate.key.clone())));
+    config.ignore_client_order = true;
     if let Some(ring) = tickets {
         // Bound to this certificate: a renewal ends resumption, so every agent sees it.
         config.ticketer = Arc::new(Ticketer::new(ring.clone(), &certificate.facts.sha256));

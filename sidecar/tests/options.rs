@@ -1,4 +1,4 @@
-//! Optional behaviours: mutual TLS and the PROXY protocol header.
+//! Optional behaviours (mutual TLS, the PROXY protocol header) and the cipher suite the sidecar picks.
 
 mod common;
 
@@ -184,5 +184,51 @@ async fn proxy_protocol_tells_the_gateway_the_agents_address() {
     assert_eq!(
         u16::from_be_bytes([header[26], header[27]]),
         sidecar.listen.port()
+    );
+}
+
+/// The sidecar picks TLS 1.3's AES-128-GCM/SHA-256 over the agent's preference (rustls and
+/// OpenSSL clients list AES-256/SHA-384 first), and still serves an agent that offers only
+/// AES-256.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_prefers_aes128_sha256_and_serves_other_suites_too() {
+    let _serial = serial().await;
+    let pod = TestPod::start(&[]).await;
+    let ca = pod.pki.ca.cert_pem();
+    let negotiated = |suites: Option<Vec<rustls::SupportedCipherSuite>>| {
+        let ca = ca.clone();
+        let listen = pod.sidecar.listen;
+        async move {
+            let mut provider = rustls::crypto::ring::default_provider();
+            if let Some(suites) = suites {
+                provider.cipher_suites = suites;
+            }
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                roots.add(cert.unwrap()).unwrap();
+            }
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let tcp = TcpStream::connect(listen).await.unwrap();
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect("localhost".try_into().unwrap(), tcp)
+                .await
+                .unwrap();
+            tls.get_ref().1.negotiated_cipher_suite().unwrap().suite()
+        }
+    };
+    let first = rustls::crypto::ring::default_provider().cipher_suites[0].suite();
+    assert_eq!(first, rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
+    assert_eq!(
+        negotiated(None).await,
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+    );
+    let only_aes256 = vec![rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384];
+    assert_eq!(
+        negotiated(Some(only_aes256)).await,
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
     );
 }
