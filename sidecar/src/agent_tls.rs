@@ -212,7 +212,10 @@ impl AgentTls {
     /// Reads from the socket into `incoming`, without waiting. `Ok(0)`: nothing ready or EOF
     /// (then `eof` is set).
     fn fill(&mut self) -> io::Result<usize> {
-        self.incoming.reserve(READ_CHUNK);
+        // Room for one whole record beside what is already here, without `reserve`'s doubling:
+        // a partial record left waiting must not hold twice a record's size.
+        let room = READ_CHUNK.saturating_sub(self.incoming.len()).max(1024);
+        self.incoming.reserve_exact(room);
         let read = self.tcp.try_read_buf(&mut self.incoming);
         let read = match read {
             Ok(0) => {
