@@ -21,9 +21,13 @@ secret_init() {
 }
 
 # secret_update DIR: the kubelet's atomic update — a new versioned directory, then a new
-# ..data link renamed over the old one.
-secret_update() {
+# ..data link renamed over the old one. secret_stage does all but the rename (which is then
+# `mv -T $WORK/secret/..data_tmp $WORK/secret/..data`, or a rename(2) a probe times).
+secret_stage() {
   local v="..v$(date +%s%N)"
   mkdir -p "$WORK/secret/$v"; cp "$1/tls.crt" "$1/tls.key" "$WORK/secret/$v/"
-  ln -sfn "$v" "$WORK/secret/..data_tmp"; mv -T "$WORK/secret/..data_tmp" "$WORK/secret/..data"
+  ln -sfn "$v" "$WORK/secret/..data_tmp"
+}
+secret_update() {
+  secret_stage "$1"; mv -T "$WORK/secret/..data_tmp" "$WORK/secret/..data"
 }

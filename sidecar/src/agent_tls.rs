@@ -8,15 +8,14 @@
 //! likewise kept only until the socket has taken them.
 //!
 //! Owns: the handshake, decrypting what the agent sent, encrypting what the gateway sent,
-//! close_notify, and the SNI the agent asked for. Never: deadlines, drains or any proxy
+//! close_notify, and (when asked) the SNI the agent sent. Never: deadlines, drains or any proxy
 //! decision (the caller's, see `proxy`), and never a copy of the plaintext beyond the
 //! caller's own buffer.
 
-use std::cell::RefCell;
 use std::io;
 use std::sync::Arc;
 
-use rustls::server::UnbufferedServerConnection;
+use rustls::server::{Acceptor, UnbufferedServerConnection};
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
 };
@@ -64,29 +63,20 @@ enum Step {
     Closed,
 }
 
-thread_local! {
-    /// The SNI of the ClientHello being processed on this thread, while a handshake step runs
-    /// (rustls's unbuffered server does not keep it; the certificate resolver sees it).
-    static SNI: RefCell<Option<Option<String>>> = const { RefCell::new(None) };
-}
-
-/// Called by the certificate resolver with the ClientHello's SNI; kept only while
-/// [`AgentTls::accept`] is processing a handshake on this thread.
-pub fn note_sni(name: Option<&str>) {
-    SNI.with(|slot| {
-        if let Some(seen) = slot.borrow_mut().as_mut() {
-            *seen = name.map(str::to_owned);
-        }
-    });
-}
-
 fn tls_error(err: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, err)
 }
 
 impl AgentTls {
-    /// Runs the server side of the handshake on `tcp`. The caller bounds it in time.
-    pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<AgentTls> {
+    /// Runs the server side of the handshake on `tcp`. The caller bounds it in time. With
+    /// `want_sni`, the ClientHello is also read by rustls's `Acceptor` for the server name
+    /// (the unbuffered server does not keep it): a second parse of one message, paid only
+    /// when something (lifecycle events) will use the name.
+    pub async fn accept(
+        config: Arc<ServerConfig>,
+        tcp: TcpStream,
+        want_sni: bool,
+    ) -> io::Result<AgentTls> {
         let session = UnbufferedServerConnection::new(config).map_err(tls_error)?;
         let mut tls = AgentTls {
             tcp,
@@ -99,14 +89,11 @@ impl AgentTls {
             eof: false,
             sni: None,
         };
+        let mut hello = want_sni.then(Acceptor::default);
         loop {
-            SNI.with(|slot| *slot.borrow_mut() = Some(None));
             let mut plaintext = std::mem::take(&mut tls.pending_plaintext);
             let step = tls.process(&mut plaintext);
             tls.pending_plaintext = plaintext;
-            if let Some(Some(name)) = SNI.with(|slot| slot.borrow_mut().take()) {
-                tls.sni = Some(name);
-            }
             let step = match step {
                 Ok(step) => step,
                 Err(e) => {
@@ -128,7 +115,14 @@ impl AgentTls {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
                     tls.tcp.readable().await?;
-                    tls.fill()?;
+                    let read = tls.fill()?;
+                    if let Some(reader) = hello.as_mut() {
+                        let fresh = &tls.incoming[tls.incoming.len() - read..];
+                        if let Some(sni) = read_sni(reader, fresh) {
+                            tls.sni = sni;
+                            hello = None;
+                        }
+                    }
                 }
             }
         }
@@ -389,6 +383,27 @@ impl AgentTls {
     }
 }
 
+/// Feeds freshly received bytes to `reader`. `Some(name)` once the ClientHello is complete
+/// (`Some(None)`: it named no server, or was malformed, which the session itself refuses);
+/// `None` while more bytes are needed.
+fn read_sni(reader: &mut Acceptor, mut fresh: &[u8]) -> Option<Option<String>> {
+    while !fresh.is_empty() {
+        match reader.read_tls(&mut fresh) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) => return Some(None),
+        }
+        match reader.accept() {
+            Ok(Some(accepted)) => {
+                return Some(accepted.client_hello().server_name().map(str::to_owned))
+            }
+            Ok(None) => {}
+            Err(_) => return Some(None),
+        }
+    }
+    None
+}
+
 /// Appends one encoded handshake record or alert to `outgoing`, growing it as needed.
 fn encode_into(
     outgoing: &mut Vec<u8>,
@@ -537,8 +552,8 @@ mod tests {
             })
         };
         let (tcp, _) = listener.accept().await.unwrap();
-        let mut tls = AgentTls::accept(server, tcp).await.unwrap();
-        assert_eq!(tls.sni(), None, "no resolver of ours noted one");
+        let mut tls = AgentTls::accept(server, tcp, true).await.unwrap();
+        assert_eq!(tls.sni(), Some("localhost"));
         let mut got = Vec::new();
         while got.len() < from_agent.len() {
             let n = tls.read(&mut got).await.unwrap();
@@ -559,6 +574,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_sni_is_known_for_resumed_sessions_too() {
+        let (server, client) = configs();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for expected in [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed] {
+            let client = client.clone();
+            let agent = tokio::task::spawn_blocking(move || {
+                let mut agent = TrickleClient::connect(addr, client);
+                agent.send(b"ping");
+                // The answer comes after the session tickets, which the next agent offers.
+                assert_eq!(agent.receive(4), b"pong");
+            });
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = AgentTls::accept(server.clone(), tcp, true).await.unwrap();
+            let mut got = Vec::new();
+            while got.len() < 4 {
+                tls.read(&mut got).await.unwrap();
+            }
+            tls.write_all(b"pong").await.unwrap();
+            agent.await.unwrap();
+            assert_eq!(tls.session().handshake_kind(), Some(expected));
+            assert_eq!(tls.sni(), Some("localhost"), "{expected:?}");
+        }
+    }
+
+    #[tokio::test]
     async fn a_tcp_end_without_close_notify_is_an_unexpected_eof() {
         let (server, client) = configs();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -573,7 +614,7 @@ mod tests {
             let _ = wait_done.recv();
         });
         let (tcp, _) = listener.accept().await.unwrap();
-        let mut tls = AgentTls::accept(server, tcp).await.unwrap();
+        let mut tls = AgentTls::accept(server, tcp, false).await.unwrap();
         let mut got = Vec::new();
         let end = loop {
             match tls.read(&mut got).await {

@@ -54,7 +54,11 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut ti
     // carried by the task of every idle connection.
     let handshake = tokio::time::timeout(
         shared.handshake_timeout,
-        Box::pin(AgentTls::accept(served.config.clone(), tcp)),
+        Box::pin(AgentTls::accept(
+            served.config.clone(),
+            tcp,
+            shared.events.is_some(),
+        )),
     )
     .await;
     metrics.handshakes_in_flight.dec();

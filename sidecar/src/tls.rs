@@ -70,8 +70,7 @@ pub struct TlsState {
 struct SingleCert(Arc<CertifiedKey>);
 
 impl ResolvesServerCert for SingleCert {
-    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        crate::agent_tls::note_sni(hello.server_name());
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.0.clone())
     }
 }
