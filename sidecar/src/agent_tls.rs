@@ -12,15 +12,18 @@
 //! decision (the caller's, see `proxy`), and never a copy of the plaintext beyond the
 //! caller's own buffer.
 
+use std::future::Future;
 use std::io;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use rustls::server::{Acceptor, UnbufferedServerConnection};
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
 };
 use rustls::{CommonState, ServerConfig};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// How much one read from the socket may take: one whole TLS record (header, 16 KiB of
@@ -210,15 +213,15 @@ impl AgentTls {
         // a partial record left waiting must not hold twice a record's size.
         let room = READ_CHUNK.saturating_sub(self.incoming.len()).max(1024);
         self.incoming.reserve_exact(room);
-        let read = self.tcp.try_read_buf(&mut self.incoming);
-        let read = match read {
-            Ok(0) => {
+        // Polled once rather than `try_read_buf`: a short read clears the socket's readiness,
+        // so the next call returns at once instead of paying a read that finds nothing.
+        let read = match poll_now(self.tcp.read_buf(&mut self.incoming)) {
+            None => Ok(0),
+            Some(Ok(0)) => {
                 self.eof = true;
                 Ok(0)
             }
-            Ok(n) => Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-            Err(e) => Err(e),
+            Some(read) => read,
         };
         self.release_incoming();
         read
@@ -380,6 +383,16 @@ impl AgentTls {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// Polls a future once, without waiting: a read that finds nothing is `None`, and the caller
+/// waits for socket readiness instead, holding no buffer across the wait.
+pub fn poll_now<F: Future>(future: F) -> Option<F::Output> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match pin!(future).poll(&mut cx) {
+        Poll::Ready(out) => Some(out),
+        Poll::Pending => None,
     }
 }
 

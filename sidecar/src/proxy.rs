@@ -19,14 +19,14 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Notify;
 
 use ballast_contract::events::RefusedReason;
 
 use crate::admission::Ticket;
-use crate::agent_tls::AgentTls;
+use crate::agent_tls::{poll_now, AgentTls};
 use crate::events;
 use crate::hint::{Hint, Hints, WEBSOCKET_SERVICE_RESTART};
 use crate::metrics::CloseCause;
@@ -44,8 +44,11 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Runs one admitted connection to its end and records how it ended.
 pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut ticket: Ticket) {
     let served = shared.tls.current();
-    let local = tcp.local_addr().unwrap_or(shared.listen);
-    let _ = tcp.set_nodelay(true);
+    // The PROXY header's destination, the only use of our own address (a syscall otherwise).
+    let local = match shared.proxy_protocol {
+        true => tcp.local_addr().unwrap_or(shared.listen),
+        false => shared.listen,
+    };
     let metrics = &shared.metrics;
 
     metrics.handshakes_in_flight.inc();
@@ -453,7 +456,13 @@ async fn upstream_to_client(
 ) -> Flow {
     loop {
         buffer.resize(BURST_BUFFER, 0);
-        match upstream.try_read(buffer) {
+        // Polled once rather than `try_read`: a short read clears the socket's readiness, so
+        // the next pass waits for the gateway instead of paying a read that finds nothing.
+        let read = match poll_now(upstream.read(buffer)) {
+            None => return Flow::Idle,
+            Some(read) => read,
+        };
+        match read {
             Ok(0) => return Flow::Finished,
             Ok(n) => {
                 *moved = true;
@@ -471,7 +480,6 @@ async fn upstream_to_client(
                     }
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flow::Idle,
             Err(_) => return Flow::Broken(CloseCause::Upstream),
         }
     }

@@ -195,6 +195,9 @@ pub fn bind_listener(addr: SocketAddr, backlog: u32) -> anyhow::Result<TcpListen
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    // Accepted sockets inherit it (Linux copies the listener's options into each one): one
+    // setsockopt per listener instead of one per agent.
+    socket.set_nodelay(true)?;
     socket
         .bind(addr)
         .with_context(|| format!("cannot listen on {addr}"))?;
