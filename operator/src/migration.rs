@@ -7,11 +7,24 @@
 //! fleet has its agents back (all of them but those lost without a plan) — or, if agents stay
 //! away, when the presence offline threshold has passed since the last planned close: beyond
 //! it they are offline by anyone's definition and the alert should fire.
+//!
+//! "Just before" is the lowest total of the complete ticks of the last [`LOOKBACK`] seconds,
+//! not the previous tick's: pods report a second apart, not at once, so the tick before the
+//! first planned close is reported may add a draining pod's older report (still counting the
+//! agents it has closed) to its neighbours' newer ones (already counting those agents back).
+//! That total is too high by the agents counted twice, the fleet never gets "back" to it, and
+//! the migration would last until the offline threshold. A tick missing a pod's report counts
+//! too few and would end a migration early, so only complete ticks are remembered.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use crate::crd::MigrationStatus;
+
+/// How far back the fleet's total before a migration is looked for: a report is believed for
+/// 3 s (the observer's `FRESH`), so a draining pod's last report before its first planned
+/// close may be that old, and one more second covers the tick's own interval.
+pub const LOOKBACK: i64 = 4;
 
 /// One tick's figures for a cluster.
 #[derive(Clone, Debug, Default)]
@@ -20,6 +33,8 @@ pub struct Tick {
     pub now: i64,
     /// Connections across every reporting pod, terminating ones included.
     pub connections: i64,
+    /// Every pod of the cluster reported (a fresh report): `connections` counts them all.
+    pub complete: bool,
     /// Pods draining now.
     pub draining: BTreeSet<String>,
     /// Closes since the previous tick.
@@ -40,7 +55,9 @@ pub enum Change {
 pub struct Tracker {
     current: Option<MigrationStatus>,
     last: Option<MigrationStatus>,
-    previous_connections: Option<i64>,
+    /// (unix seconds, connections) of the complete ticks of the last [`LOOKBACK`] seconds
+    /// outside a migration, oldest first.
+    recent: VecDeque<(i64, i64)>,
     drained: BTreeSet<String>,
     last_planned_at: i64,
 }
@@ -56,10 +73,17 @@ impl Tracker {
     }
 
     pub fn update(&mut self, tick: &Tick, offline_threshold: Duration) -> Option<Change> {
-        let before = self.previous_connections.unwrap_or(tick.connections);
-        self.previous_connections = Some(tick.connections);
         let mut change = None;
         if self.current.is_none() && (tick.planned > 0 || !tick.draining.is_empty()) {
+            // With no complete tick to go by (a new leader's first), this tick's own total.
+            let before = self
+                .recent
+                .iter()
+                .filter(|(at, _)| tick.now - at <= LOOKBACK)
+                .map(|&(_, connections)| connections)
+                .min()
+                .unwrap_or(tick.connections);
+            self.recent.clear();
             self.drained.clear();
             let started = MigrationStatus {
                 kind: "Drain".into(),
@@ -77,7 +101,19 @@ impl Tracker {
             self.current = Some(started.clone());
             change = Some(Change::Started(started));
         }
-        let m = self.current.as_mut()?;
+        let Some(m) = self.current.as_mut() else {
+            if tick.complete {
+                self.recent.push_back((tick.now, tick.connections));
+                while self
+                    .recent
+                    .front()
+                    .is_some_and(|(at, _)| tick.now - at > LOOKBACK)
+                {
+                    self.recent.pop_front();
+                }
+            }
+            return None;
+        };
         if tick.planned > 0 {
             self.last_planned_at = tick.now;
         }
@@ -111,6 +147,7 @@ mod tests {
         Tick {
             now,
             connections,
+            complete: true,
             draining: draining.iter().map(|s| s.to_string()).collect(),
             planned,
             unplanned: 0,
@@ -150,6 +187,58 @@ mod tests {
             t.status().unwrap().finished.is_some(),
             "the last one stays visible"
         );
+    }
+
+    #[test]
+    fn a_neighbour_counting_returned_agents_before_the_drain_is_reported_does_not_raise_the_bar() {
+        let mut t = Tracker::default();
+        let threshold = Duration::from_secs(60);
+        for now in 0..3 {
+            assert_eq!(t.update(&tick(now, 1800, &[], 0), threshold), None);
+        }
+        // edge-2 has closed 40 and they are back on edge-0, whose report is newer than
+        // edge-2's: the fleet looks 40 larger than it is, for one tick.
+        assert_eq!(t.update(&tick(3, 1840, &[], 0), threshold), None);
+        let Some(Change::Started(m)) = t.update(&tick(4, 1400, &["edge-2"], 628), threshold) else {
+            panic!("started")
+        };
+        assert_eq!(
+            m.connections_before, 1800,
+            "the lowest complete total before"
+        );
+        assert_eq!(t.update(&tick(5, 1700, &["edge-2"], 0), threshold), None);
+        let Some(Change::Finished(m)) = t.update(&tick(6, 1800, &[], 0), threshold) else {
+            panic!("finished once all 628 are back, not at the offline threshold")
+        };
+        assert_eq!((m.planned_closes, m.connections_moved), (628, 628));
+    }
+
+    #[test]
+    fn ticks_missing_a_pod_or_too_old_are_not_the_fleet_before() {
+        let mut t = Tracker::default();
+        let threshold = Duration::from_secs(60);
+        t.update(&tick(0, 900, &[], 0), threshold);
+        // A pod's report missing: 1200 of the 1800 counted.
+        let partial = Tick {
+            complete: false,
+            ..tick(7, 1200, &[], 0)
+        };
+        t.update(&partial, threshold);
+        t.update(&tick(8, 1800, &[], 0), threshold);
+        let Some(Change::Started(m)) = t.update(&tick(9, 1700, &["edge-0"], 100), threshold) else {
+            panic!("started")
+        };
+        assert_eq!(
+            m.connections_before, 1800,
+            "neither the incomplete tick nor the one {LOOKBACK}+ s old"
+        );
+        // A new leader's first tick, with nothing before it: that tick's own total.
+        let mut fresh = Tracker::default();
+        let Some(Change::Started(m)) = fresh.update(&tick(0, 1700, &["edge-0"], 100), threshold)
+        else {
+            panic!("started")
+        };
+        assert_eq!(m.connections_before, 1700);
     }
 
     #[test]

@@ -397,10 +397,25 @@ impl Observer {
         let offline =
             ballast_contract::duration::parse_duration(&prc.spec.presence.offline_threshold)
                 .unwrap_or(Duration::from_secs(60));
+        tracing::debug!(
+            target: "ballast_operator::migration",
+            namespace = ns,
+            name,
+            connections,
+            planned,
+            unplanned,
+            pods = ?views
+                .iter()
+                .map(|v| (v.name.as_str(), v.report.as_ref().map(|r| r.connections.total)))
+                .collect::<Vec<_>>(),
+            ?draining,
+            "tick"
+        );
         let change = mem.tracker.update(
             &Tick {
                 now: ballast_contract::clock::unix_now(),
                 connections: connections as i64,
+                complete: !views.is_empty() && views.iter().all(|v| v.report.is_some()),
                 draining,
                 planned,
                 unplanned,
