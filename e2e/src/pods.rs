@@ -825,7 +825,11 @@ impl Worker {
             return;
         }
         let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.ns);
-        let patch = Patch::Strategic(json!({ "status": status }));
+        // The uid makes the patch land on this pod only: a StatefulSet's successor has the
+        // same name, and this worker's last patches (containers terminating) may come after
+        // it was created. Merged into the successor, they would leave it two podIPs, which
+        // the apiserver then refuses in every patch of the successor's own worker.
+        let patch = Patch::Strategic(json!({ "metadata": { "uid": self.uid }, "status": status }));
         match api
             .patch_status(&self.name, &PatchParams::default(), &patch)
             .await
@@ -835,6 +839,9 @@ impl Worker {
                 self.last_patched = Some(status);
             }
             Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(kube::Error::Api(e)) if e.message.contains("metadata.uid") => {
+                tracing::info!(pod = %self.key(), "status not written: the pod of this name is now a newer one");
+            }
             Err(e) => tracing::warn!(pod = %self.key(), error = %e, "status patch failed"),
         }
     }

@@ -6,6 +6,7 @@
 #[macro_use]
 mod common;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use ballast_contract::ticket_keys::{self, TicketKeys};
@@ -565,7 +566,7 @@ async fn operator_end_to_end() {
 
     // ------------------------------------------------------------ the operator gone
     let edge1 = pods.get("edge-1").await.unwrap();
-    let edge1_admin: std::net::SocketAddr = format!("{}:9901", ip_of(&edge1)).parse().unwrap();
+    let edge1_admin: SocketAddr = format!("{}:9901", ip_of(&edge1)).parse().unwrap();
     let sidecar_metric = |name: &'static str| async move {
         let (_, text) = http_get(edge1_admin, "/metrics").await.unwrap();
         metric(&text, name)
@@ -633,6 +634,28 @@ async fn operator_end_to_end() {
     }
     let (code, _) = http_get(edge1_admin, "/readyz").await.unwrap();
     assert_eq!(code, 200, "readiness back without the operator");
+    // Reports the operator answered, per sidecar, while there is no operator to answer: the
+    // status keeps the last leader's figures, so only these say when a new leader has heard
+    // from every pod.
+    let mut admins = Vec::new();
+    for pod in ["edge-0", "edge-1", "edge-2"] {
+        let p = pods.get(pod).await.unwrap();
+        admins.push((
+            pod,
+            format!("{}:9901", ip_of(&p)).parse::<SocketAddr>().unwrap(),
+        ));
+    }
+    let answered = |admin: SocketAddr| async move {
+        let (_, text) = http_get(admin, "/metrics").await?;
+        Ok::<f64, String>(metric(
+            &text,
+            "ballast_sidecar_reports_total{result=\"answered\"}",
+        ))
+    };
+    let mut unanswered = Vec::new();
+    for (pod, admin) in &admins {
+        unanswered.push((*pod, *admin, answered(*admin).await.unwrap()));
+    }
     annotate(
         "edge-1",
         &["ballast.dev/accepting-", "ballast.dev/drain-per-second-"],
@@ -654,6 +677,17 @@ async fn operator_end_to_end() {
         "reports answered again",
         Duration::from_secs(90),
         || async {
+            // Three answers each: the new leader holds a report of every pod and has planned
+            // with all of them at least once (it ticks every second; reports come every second).
+            for (pod, admin, before) in &unanswered {
+                let now = answered(*admin).await?;
+                if now < before + 3.0 {
+                    return Err(format!(
+                        "{pod}: {} reports answered by the new leader",
+                        now - before
+                    ));
+                }
+            }
             let s = prc_status(&lc, "edge").await?;
             let live = fleet.stats().connected
                 + newcomers.stats().connected

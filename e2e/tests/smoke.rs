@@ -402,6 +402,33 @@ async fn smoke() {
             .clone()
             .unwrap_or_default()
     );
+    // The deleted pod's last status patches may come after its successor (same name) exists:
+    // the kubelet sends its pod's uid with each, and the apiserver refuses them there (the uid
+    // is immutable), rather than merging the old podIP into the successor's.
+    let late = json!({
+        "metadata": { "uid": victim_uid },
+        "status": { "podIPs": [{ "ip": victim_ip }], "podIP": victim_ip },
+    });
+    let refused = pods
+        .patch_status(
+            victim,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Strategic(late),
+        )
+        .await;
+    match refused {
+        Err(kube::Error::Api(e)) if e.message.contains("metadata.uid") => {}
+        other => panic!("a status patch for the deleted pod reached its successor: {other:?}"),
+    }
+    let ips_now = pods
+        .get(victim)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .pod_ips
+        .unwrap();
+    assert_eq!(ips_now.len(), 1, "the successor's podIPs: {ips_now:?}");
 
     // ---------------------------------------------------------------- cert-manager
     let t = Instant::now();

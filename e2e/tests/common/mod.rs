@@ -67,6 +67,29 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // `BALLAST_E2E_KEEP_LOGS=DIR` keeps every pod's logs and the kubelet's, pass or fail,
+        // in DIR/<this run's state directory name> (down.sh removes the state directory).
+        if let Some(keep) = std::env::var_os("BALLAST_E2E_KEEP_LOGS") {
+            let to = Path::new(&keep).join(self.dir.file_name().unwrap_or_default());
+            let kept = std::fs::create_dir_all(&to).is_ok()
+                && ["kubelet/pods", "logs"].iter().all(|from| {
+                    Command::new("cp")
+                        .arg("-r")
+                        .arg(self.dir.join(from))
+                        .arg(&to)
+                        .status()
+                        .is_ok_and(|s| s.success())
+                });
+            eprintln!(
+                "logs kept in {} ({})",
+                to.display(),
+                if kept {
+                    "complete"
+                } else {
+                    "partly: a copy failed"
+                }
+            );
+        }
         // A failed test leaves what the operator said: the tail of its pods' logs.
         if std::thread::panicking() {
             let pods = self.dir.join("kubelet/pods");
