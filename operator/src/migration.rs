@@ -13,8 +13,9 @@
 //! first planned close is reported may add a draining pod's older report (still counting the
 //! agents it has closed) to its neighbours' newer ones (already counting those agents back).
 //! That total is too high by the agents counted twice, the fleet never gets "back" to it, and
-//! the migration would last until the offline threshold. A tick missing a pod's report counts
-//! too few and would end a migration early, so only complete ticks are remembered.
+//! the migration would last until the offline threshold. A tick missing the report of a pod
+//! that holds agents counts too few and would end a migration early, so only complete ticks
+//! are remembered.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
@@ -33,7 +34,8 @@ pub struct Tick {
     pub now: i64,
     /// Connections across every reporting pod, terminating ones included.
     pub connections: i64,
-    /// Every pod of the cluster reported (a fresh report): `connections` counts them all.
+    /// Every pod of the cluster that has been Ready reported (a fresh report): `connections`
+    /// counts every agent. (A pod never Ready yet holds none.)
     pub complete: bool,
     /// Pods draining now.
     pub draining: BTreeSet<String>,

@@ -415,7 +415,10 @@ impl Observer {
             &Tick {
                 now: ballast_contract::clock::unix_now(),
                 connections: connections as i64,
-                complete: !views.is_empty() && views.iter().all(|v| v.report.is_some()),
+                // A pod never Ready holds no agents, so a successor still starting does not
+                // make the total short; one that was Ready and has no fresh report does.
+                complete: views.iter().any(|v| v.report.is_some())
+                    && views.iter().all(|v| v.report.is_some() || !v.been_ready),
                 draining,
                 planned,
                 unplanned,
