@@ -65,6 +65,27 @@ pub struct Tracker {
 }
 
 impl Tracker {
+    /// A new leader's tracker, from the `status.migration` the previous one wrote: a migration
+    /// under way goes on with its figures ("before", the closes counted so far) instead of
+    /// starting again from a tick that may miss pods or count agents twice, and the last one
+    /// stays visible. Its last planned close is taken to be `now`, the earliest the offline
+    /// threshold may run from without ending it too soon.
+    pub fn resume(status: Option<&MigrationStatus>, now: i64) -> Self {
+        let Some(m) = status else {
+            return Self::default();
+        };
+        let mut t = Self {
+            last_planned_at: now,
+            ..Self::default()
+        };
+        if m.finished.is_some() {
+            t.last = Some(m.clone());
+        } else {
+            t.current = Some(m.clone());
+        }
+        t
+    }
+
     /// The migration running, or the last one.
     pub fn status(&self) -> Option<&MigrationStatus> {
         self.current.as_ref().or(self.last.as_ref())
@@ -241,6 +262,36 @@ mod tests {
             panic!("started")
         };
         assert_eq!(m.connections_before, 1700);
+    }
+
+    #[test]
+    fn a_new_leader_goes_on_with_the_migration_the_previous_one_wrote() {
+        let threshold = Duration::from_secs(60);
+        let mut old = Tracker::default();
+        for now in 0..3 {
+            old.update(&tick(now, 1800, &[], 0), threshold);
+        }
+        old.update(&tick(3, 1700, &["edge-2"], 300), threshold);
+        let written = old.status().cloned();
+        // The new leader's first tick: edge-0 not heard from yet, edge-2 still draining.
+        let mut new = Tracker::resume(written.as_ref(), 10);
+        assert!(new.active());
+        let first = Tick {
+            complete: false,
+            ..tick(10, 1100, &["edge-2"], 200)
+        };
+        assert_eq!(new.update(&first, threshold), None);
+        assert_eq!(new.status().unwrap().connections_before, 1800);
+        assert_eq!(new.update(&tick(11, 1750, &[], 0), threshold), None);
+        let Some(Change::Finished(m)) = new.update(&tick(12, 1800, &[], 0), threshold) else {
+            panic!("finished when all 500 are back")
+        };
+        assert_eq!((m.planned_closes, m.connections_moved), (500, 500));
+        // And the one after that keeps the finished migration visible.
+        let after = Tracker::resume(Some(&m), 20);
+        assert!(!after.active());
+        assert_eq!(after.status(), Some(&m));
+        assert_eq!(Tracker::resume(None, 20).status(), None);
     }
 
     #[test]

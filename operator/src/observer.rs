@@ -78,7 +78,9 @@ struct ClusterMemory {
     waiting: Option<String>,
     wait_kind: Option<std::mem::Discriminant<ballast_planner::Why>>,
     secret_version: Option<String>,
-    tracker: Tracker,
+    /// The migration signal; `None` until read back from the status (a new leader goes on
+    /// with a migration under way).
+    tracker: Option<Tracker>,
     /// The hub's planned and unplanned close sums at the previous tick.
     counted: (u64, u64),
     steering_refused: bool,
@@ -411,9 +413,16 @@ impl Observer {
             ?draining,
             "tick"
         );
-        let change = mem.tracker.update(
+        let now_unix = ballast_contract::clock::unix_now();
+        let tracker = mem.tracker.get_or_insert_with(|| {
+            Tracker::resume(
+                prc.status.as_ref().and_then(|s| s.migration.as_ref()),
+                now_unix,
+            )
+        });
+        let change = tracker.update(
             &Tick {
-                now: ballast_contract::clock::unix_now(),
+                now: now_unix,
                 connections: connections as i64,
                 // A pod never Ready holds no agents, so a successor still starting does not
                 // make the total short; one that was Ready and has no fresh report does.
@@ -431,8 +440,8 @@ impl Observer {
             problem,
             certificate: certificate.ok(),
             pods: views,
-            migration: mem.tracker.status().cloned(),
-            migrating: mem.tracker.active(),
+            migration: tracker.status().cloned(),
+            migrating: tracker.active(),
             budget: Some(budget),
             waiting: mem.waiting.clone(),
             planner: planner_text,
