@@ -3,8 +3,8 @@
 //!
 //! Pure bookkeeping over the figures of one status tick (no clock but the one passed in, no
 //! I/O). A migration starts at the first planned close (or the first pod seen draining),
-//! remembers the fleet's connections just before, and ends when no pod drains any more and the
-//! fleet has its agents back (all of them but those lost without a plan) — or, if agents stay
+//! remembers the fleet's connections just before, and ends when no pod drains any more, no
+//! planned close came for [`QUIET`] seconds, and the fleet has its agents back (all of them but those lost without a plan) — or, if agents stay
 //! away, when the presence offline threshold has passed since the last planned close: beyond
 //! it they are offline by anyone's definition and the alert should fire.
 //!
@@ -26,6 +26,12 @@ use crate::crd::MigrationStatus;
 /// 3 s (the observer's `FRESH`), so a draining pod's last report before its first planned
 /// close may be that old, and one more second covers the tick's own interval.
 pub const LOOKBACK: i64 = 4;
+
+/// Seconds without a planned close before a migration may end. Paced drains (a window of
+/// `reconnectExisting`, a rebalance, a person's `drain-per-second`) close a few agents every
+/// second, who are back within the second: without it, each second was a migration of its
+/// own (65 started and finished in one 60 s window, two Events each, `Migrating` flapping).
+pub const QUIET: i64 = 3;
 
 /// One tick's figures for a cluster.
 #[derive(Clone, Debug, Default)]
@@ -151,8 +157,9 @@ impl Tracker {
         let low = m.connections_before - m.planned_closes;
         m.connections_moved = (tick.connections - low).clamp(0, m.planned_closes);
         let everyone_back = m.connections_moved >= m.planned_closes - m.unplanned_closes;
-        let gave_up = tick.now - self.last_planned_at > offline_threshold.as_secs() as i64;
-        if tick.draining.is_empty() && (everyone_back || gave_up) {
+        let since_planned = tick.now - self.last_planned_at;
+        let gave_up = since_planned > offline_threshold.as_secs() as i64;
+        if tick.draining.is_empty() && since_planned >= QUIET && (everyone_back || gave_up) {
             m.finished = Some(ballast_contract::clock::rfc3339(tick.now));
             let done = self.current.take().expect("current");
             self.last = Some(done.clone());
@@ -193,7 +200,9 @@ mod tests {
         assert_eq!(t.status().unwrap().connections_moved, 150);
         // Drain over, 50 still away: still migrating.
         assert_eq!(t.update(&tick(3, 1450, &[], 0), threshold), None);
-        let Some(Change::Finished(m)) = t.update(&tick(4, 1500, &[], 0), threshold) else {
+        // All back, but planned closes came 2 s ago: a paced drain may still be going.
+        assert_eq!(t.update(&tick(4, 1500, &[], 0), threshold), None);
+        let Some(Change::Finished(m)) = t.update(&tick(5, 1500, &[], 0), threshold) else {
             panic!("finished")
         };
         assert_eq!(
@@ -230,7 +239,7 @@ mod tests {
             "the lowest complete total before"
         );
         assert_eq!(t.update(&tick(5, 1700, &["edge-2"], 0), threshold), None);
-        let Some(Change::Finished(m)) = t.update(&tick(6, 1800, &[], 0), threshold) else {
+        let Some(Change::Finished(m)) = t.update(&tick(7, 1800, &[], 0), threshold) else {
             panic!("finished once all 628 are back, not at the offline threshold")
         };
         assert_eq!((m.planned_closes, m.connections_moved), (628, 628));
@@ -283,7 +292,7 @@ mod tests {
         assert_eq!(new.update(&first, threshold), None);
         assert_eq!(new.status().unwrap().connections_before, 1800);
         assert_eq!(new.update(&tick(11, 1750, &[], 0), threshold), None);
-        let Some(Change::Finished(m)) = new.update(&tick(12, 1800, &[], 0), threshold) else {
+        let Some(Change::Finished(m)) = new.update(&tick(13, 1800, &[], 0), threshold) else {
             panic!("finished when all 500 are back")
         };
         assert_eq!((m.planned_closes, m.connections_moved), (500, 500));
@@ -292,6 +301,30 @@ mod tests {
         assert!(!after.active());
         assert_eq!(after.status(), Some(&m));
         assert_eq!(Tracker::resume(None, 20).status(), None);
+    }
+
+    #[test]
+    fn a_paced_drain_is_one_migration_not_one_a_second() {
+        let mut t = Tracker::default();
+        let threshold = Duration::from_secs(60);
+        for now in 0..4 {
+            t.update(&tick(now, 1000, &[], 0), threshold);
+        }
+        // 10 closes a second for a minute, each agent back within the second.
+        let mut changes = Vec::new();
+        for now in 4..64 {
+            changes.extend(t.update(&tick(now, 1000, &[], 10), threshold));
+        }
+        assert!(
+            matches!(changes.as_slice(), [Change::Started(_)]),
+            "{changes:?}"
+        );
+        assert!(t.active(), "still under way while closes come");
+        assert_eq!(t.update(&tick(65, 1000, &[], 0), threshold), None);
+        let Some(Change::Finished(m)) = t.update(&tick(66, 1000, &[], 0), threshold) else {
+            panic!("finished 3 s after the last planned close")
+        };
+        assert_eq!((m.planned_closes, m.connections_moved), (600, 600));
     }
 
     #[test]
