@@ -67,6 +67,9 @@ pub struct Tracker {
     /// outside a migration, oldest first.
     recent: VecDeque<(i64, i64)>,
     drained: BTreeSet<String>,
+    /// Pods done and in all of a migration resumed from the previous leader's status, which
+    /// has counts, not names: the pods this tracker sees drain are added to them.
+    resumed_pods: (i32, i32),
     last_planned_at: i64,
 }
 
@@ -88,6 +91,7 @@ impl Tracker {
             t.last = Some(m.clone());
         } else {
             t.current = Some(m.clone());
+            t.resumed_pods = (m.pods_done, m.pods_total);
         }
         t
     }
@@ -114,6 +118,7 @@ impl Tracker {
                 .unwrap_or(tick.connections);
             self.recent.clear();
             self.drained.clear();
+            self.resumed_pods = (0, 0);
             let started = MigrationStatus {
                 kind: "Drain".into(),
                 started: ballast_contract::clock::rfc3339(tick.now),
@@ -147,8 +152,12 @@ impl Tracker {
             self.last_planned_at = tick.now;
         }
         self.drained.extend(tick.draining.iter().cloned());
-        m.pods_total = self.drained.len() as i32;
-        m.pods_done = self.drained.difference(&tick.draining).count() as i32;
+        // A pod that was draining when the leader changed is in both the resumed total and
+        // `drained`: the larger of the two totals counts it once.
+        let (done_before, total_before) = self.resumed_pods;
+        let done = self.drained.difference(&tick.draining).count() as i32;
+        m.pods_done = done_before + done;
+        m.pods_total = total_before.max(done_before + self.drained.len() as i32);
         m.planned_closes += tick.planned as i64;
         m.unplanned_closes += tick.unplanned as i64;
         m.budget_per_second = tick.budget_per_second;
@@ -285,6 +294,7 @@ mod tests {
         // The new leader's first tick: edge-0 not heard from yet, edge-2 still draining.
         let mut new = Tracker::resume(written.as_ref(), 10);
         assert!(new.active());
+        assert_eq!(written.as_ref().map(|m| m.pods_total), Some(1));
         let first = Tick {
             complete: false,
             ..tick(10, 1100, &["edge-2"], 200)
@@ -296,6 +306,23 @@ mod tests {
             panic!("finished when all 500 are back")
         };
         assert_eq!((m.planned_closes, m.connections_moved), (500, 500));
+        assert_eq!(
+            (m.pods_done, m.pods_total),
+            (1, 1),
+            "edge-2, counted once though both leaders saw it drain"
+        );
+        // A rollout resumed with edge-0 done and edge-1 draining; edge-2 drains afterwards.
+        let rolling = MigrationStatus {
+            pods_done: 1,
+            pods_total: 2,
+            finished: None,
+            ..m.clone()
+        };
+        let mut roll = Tracker::resume(Some(&rolling), 30);
+        roll.update(&tick(30, 1800, &["edge-1"], 0), threshold);
+        roll.update(&tick(31, 1800, &["edge-2"], 0), threshold);
+        let s = roll.status().unwrap();
+        assert_eq!((s.pods_done, s.pods_total), (2, 3));
         // And the one after that keeps the finished migration visible.
         let after = Tracker::resume(Some(&m), 20);
         assert!(!after.active());
