@@ -637,14 +637,6 @@ async fn operator_end_to_end() {
     // Reports the operator answered, per sidecar, while there is no operator to answer: the
     // status keeps the last leader's figures, so only these say when a new leader has heard
     // from every pod.
-    let mut admins = Vec::new();
-    for pod in ["edge-0", "edge-1", "edge-2"] {
-        let p = pods.get(pod).await.unwrap();
-        admins.push((
-            pod,
-            format!("{}:9901", ip_of(&p)).parse::<SocketAddr>().unwrap(),
-        ));
-    }
     let answered = |admin: SocketAddr| async move {
         let (_, text) = http_get(admin, "/metrics").await?;
         Ok::<f64, String>(metric(
@@ -653,8 +645,10 @@ async fn operator_end_to_end() {
         ))
     };
     let mut unanswered = Vec::new();
-    for (pod, admin) in &admins {
-        unanswered.push((*pod, *admin, answered(*admin).await.unwrap()));
+    for pod in ["edge-0", "edge-1", "edge-2"] {
+        let p = pods.get(pod).await.unwrap();
+        let admin: SocketAddr = format!("{}:9901", ip_of(&p)).parse().unwrap();
+        unanswered.push((pod, admin, answered(admin).await.unwrap()));
     }
     annotate(
         "edge-1",

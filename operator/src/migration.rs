@@ -4,8 +4,8 @@
 //! Pure bookkeeping over the figures of one status tick (no clock but the one passed in, no
 //! I/O). A migration starts at the first planned close (or the first pod seen draining),
 //! remembers the fleet's connections just before, and ends when no pod drains any more, no
-//! planned close came for [`QUIET`] seconds, and the fleet has its agents back (all of them but those lost without a plan) — or, if agents stay
-//! away, when the presence offline threshold has passed since the last planned close: beyond
+//! planned close came for [`QUIET`] seconds, and the fleet has its agents back (all of them
+//! but those lost without a plan) — or, if agents stay away, when the presence offline threshold has passed since the last planned close: beyond
 //! it they are offline by anyone's definition and the alert should fire.
 //!
 //! "Just before" is the lowest total of the complete ticks of the last [`LOOKBACK`] seconds,
@@ -17,7 +17,7 @@
 //! that holds agents counts too few and would end a migration early, so only complete ticks
 //! are remembered.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::crd::MigrationStatus;
@@ -65,7 +65,7 @@ pub struct Tracker {
     last: Option<MigrationStatus>,
     /// (unix seconds, connections) of the complete ticks of the last [`LOOKBACK`] seconds
     /// outside a migration, oldest first.
-    recent: VecDeque<(i64, i64)>,
+    recent: Vec<(i64, i64)>,
     drained: BTreeSet<String>,
     /// Pods done and in all of a migration resumed from the previous leader's status, which
     /// has counts, not names: the pods this tracker sees drain are added to them.
@@ -107,12 +107,12 @@ impl Tracker {
 
     pub fn update(&mut self, tick: &Tick, offline_threshold: Duration) -> Option<Change> {
         let mut change = None;
+        self.recent.retain(|(at, _)| tick.now - at <= LOOKBACK);
         if self.current.is_none() && (tick.planned > 0 || !tick.draining.is_empty()) {
             // With no complete tick to go by (a new leader's first), this tick's own total.
             let before = self
                 .recent
                 .iter()
-                .filter(|(at, _)| tick.now - at <= LOOKBACK)
                 .map(|&(_, connections)| connections)
                 .min()
                 .unwrap_or(tick.connections);
@@ -137,14 +137,7 @@ impl Tracker {
         }
         let Some(m) = self.current.as_mut() else {
             if tick.complete {
-                self.recent.push_back((tick.now, tick.connections));
-                while self
-                    .recent
-                    .front()
-                    .is_some_and(|(at, _)| tick.now - at > LOOKBACK)
-                {
-                    self.recent.pop_front();
-                }
+                self.recent.push((tick.now, tick.connections));
             }
             return None;
         };
