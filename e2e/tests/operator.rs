@@ -687,7 +687,12 @@ async fn operator_end_to_end() {
                 + newcomers.stats().connected
                 + latecomers.stats().connected;
             let total = s["connections"].as_i64().unwrap_or(0);
-            if s["reportingPods"] == 3 && (total - live as i64).abs() as f64 <= 0.01 * live as f64 {
+            // No migration under way: the new leader may resume edge-1's stopped drain from
+            // status.migration and end it a few seconds later; edge-2's must be a new one.
+            if s["reportingPods"] == 3
+                && (total - live as i64).abs() as f64 <= 0.01 * live as f64
+                && condition(&s, "Migrating")["status"] == "False"
+            {
                 Ok(())
             } else {
                 Err(format!("fleet {live}; status {s}"))
@@ -698,6 +703,7 @@ async fn operator_end_to_end() {
 
     // ------------------------------------------------------------ a pod deleted with agents
     let s = prc_status(&lc, "edge").await.unwrap();
+    let earlier = s["migration"]["started"].clone();
     let holding = s["pods"]
         .as_array()
         .unwrap()
@@ -715,6 +721,7 @@ async fn operator_end_to_end() {
         || async {
             let s = prc_status(&lc, "edge").await?;
             if condition(&s, "Migrating")["status"] == "True"
+                && s["migration"]["started"] != earlier
                 && s["migration"]["plannedCloses"].as_i64().unwrap_or(0) > 0
             {
                 Ok(s)
@@ -730,6 +737,7 @@ async fn operator_end_to_end() {
         || async {
             let s = prc_status(&lc, "edge").await?;
             if condition(&s, "Migrating")["status"] == "False"
+                && s["migration"]["started"] != earlier
                 && s["migration"]["finished"].is_string()
             {
                 Ok(s)
