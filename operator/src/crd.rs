@@ -48,6 +48,7 @@ use serde::{Deserialize, Serialize};
         type_ = "string",
         json_path = ".status.certificate.notAfter"
     ),
+    printcolumn(name = "Observed", type_ = "date", json_path = ".status.observedAt"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -465,6 +466,12 @@ pub struct PresenceClusterStatus {
     /// What a rotation or rebalance is waiting for, if anything (also an Event).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// When the leading operator last confirmed this status (RFC 3339): on every change, when
+    /// it takes the lead, and at least every 30 s otherwise. Older than a minute, no operator
+    /// is observing the cluster and every figure here is as of then (`kubectl get prc` shows
+    /// its age in the Observed column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<String>,
     /// The planner's memory (opaque JSON): a rollout, rebalance or re-handshake window under
     /// way survives an operator restart or failover through it. Not for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -91,6 +91,8 @@ struct ClusterMemory {
     renewals_aligned: Vec<String>,
     /// The planned-window document last written to the ConfigMap.
     planned_written: Option<String>,
+    /// This leader has written the status at least once (stamping `observedAt`).
+    confirmed: bool,
 }
 
 impl Observer {
@@ -447,9 +449,9 @@ impl Observer {
             planner: planner_text,
             renewals_aligned: mem.renewals_aligned.clone(),
         };
-        let now_text = ballast_contract::clock::rfc3339(ballast_contract::clock::unix_now());
-        let new = status::compute(prc, &observed, prc.status.as_ref(), &now_text);
-        if prc.status.as_ref() != Some(&new) {
+        let now_text = ballast_contract::clock::rfc3339(now_unix);
+        let mut new = status::compute(prc, &observed, prc.status.as_ref(), &now_text);
+        if status::confirm(&mut new, prc.status.as_ref(), !mem.confirmed, now_unix) {
             let patch = serde_json::json!({
                 "apiVersion": "ballast.dev/v1alpha1",
                 "kind": "PresenceCluster",
@@ -462,6 +464,7 @@ impl Observer {
                     &Patch::Apply(&patch),
                 )
                 .await?;
+            mem.confirmed = true;
         }
         let planned = crate::planned::document(prc, &new);
         if mem.planned_written.as_ref() != Some(&planned) {

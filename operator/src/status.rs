@@ -363,6 +363,7 @@ pub fn compute(
         migration: observed.migration.clone(),
         reconnect_budget_per_second: observed.budget.map(|b| b.round() as i64),
         waiting: observed.waiting.clone(),
+        observed_at: previous.and_then(|p| p.observed_at.clone()),
         planner: observed.planner.clone(),
         imbalance: (imbalance * 100.0).round() / 100.0,
         certificate: observed.certificate.as_ref().map(|c| CertificateStatus {
@@ -386,6 +387,33 @@ fn imbalance(connections: &[u64]) -> f64 {
 
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
+}
+
+/// How often the leader writes an unchanged status anyway, refreshing `observedAt`, so that a
+/// reader can tell figures someone is still observing from figures left by an operator that
+/// is gone.
+pub const CONFIRM_EVERY_SECONDS: i64 = 30;
+
+/// Whether `new`, this tick's status, must be written: when it differs from `previous`, when
+/// this leader has not written it yet (`first`), or when `previous` was confirmed
+/// [`CONFIRM_EVERY_SECONDS`] ago or more. Stamps `observedAt` with `now` when it must; an
+/// unchanged status keeps the previous stamp and is not written (a write a second per
+/// cluster would load the apiserver for nothing).
+pub fn confirm(
+    new: &mut PresenceClusterStatus,
+    previous: Option<&PresenceClusterStatus>,
+    first: bool,
+    now: i64,
+) -> bool {
+    let confirmed_at = previous
+        .and_then(|p| p.observed_at.as_deref())
+        .and_then(clock::parse_rfc3339);
+    let fresh = confirmed_at.is_some_and(|at| now - at < CONFIRM_EVERY_SECONDS);
+    if !first && fresh && previous == Some(&*new) {
+        return false;
+    }
+    new.observed_at = Some(clock::rfc3339(now));
+    true
 }
 
 /// Events for conditions whose reason changed since the previous status.
@@ -512,6 +540,37 @@ mod tests {
         assert_eq!(s.certificate.as_ref().unwrap().served, "3/3");
         assert_eq!(s.pods[2].connections, Some(160));
         assert_eq!(s.observed_generation, Some(4));
+    }
+
+    #[test]
+    fn an_unchanged_status_is_confirmed_every_30_s_and_by_a_new_leader_at_once() {
+        let o = observed(vec![pod("edge-0", 100, "aaa")], "aaa");
+        let t0 = 1_796_000_000;
+        // The first tick of a leader writes, and stamps the time.
+        let mut first = compute(&example(), &o, None, "2026-11-24T10:00:00Z");
+        assert!(confirm(&mut first, None, true, t0));
+        assert_eq!(first.observed_at, Some(clock::rfc3339(t0)));
+        // Unchanged: not written for 29 s, the stamp kept; written at 30 s, stamped again.
+        for later in [1, 29] {
+            let mut same = compute(&example(), &o, Some(&first), "2026-11-24T10:00:00Z");
+            assert!(!confirm(&mut same, Some(&first), false, t0 + later));
+            assert_eq!(same, first);
+        }
+        let mut same = compute(&example(), &o, Some(&first), "2026-11-24T10:00:00Z");
+        assert!(confirm(&mut same, Some(&first), false, t0 + 30));
+        assert_eq!(same.observed_at, Some(clock::rfc3339(t0 + 30)));
+        // A change is written at once; so is an unchanged status by a leader new to it.
+        let moved = observed(vec![pod("edge-0", 101, "aaa")], "aaa");
+        let mut changed = compute(&example(), &moved, Some(&first), "2026-11-24T10:00:00Z");
+        assert!(confirm(&mut changed, Some(&first), false, t0 + 1));
+        assert_eq!(changed.observed_at, Some(clock::rfc3339(t0 + 1)));
+        let mut taken_over = compute(&example(), &o, Some(&first), "2026-11-24T10:00:00Z");
+        assert!(confirm(&mut taken_over, Some(&first), true, t0 + 1));
+        // A stamp that does not parse is no confirmation.
+        let mut garbled = first.clone();
+        garbled.observed_at = Some("yesterday".into());
+        let mut again = compute(&example(), &o, Some(&garbled), "2026-11-24T10:00:00Z");
+        assert!(confirm(&mut again, Some(&garbled), false, t0 + 1));
     }
 
     #[test]
