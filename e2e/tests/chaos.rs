@@ -143,7 +143,15 @@ async fn the_data_plane_outlives_a_frozen_control_plane_and_a_killed_sidecar() {
             if (n - mean).abs() <= 0.1 * mean {
                 Ok(thawed_at.elapsed())
             } else {
-                Err(format!("{n} on edge-3; {:?}", fleet.stats().per_target))
+                // What the operator says it waits for, should the move not finish.
+                let s = prc_status(&lc, "edge").await.unwrap_or_default();
+                Err(format!(
+                    "{n} on edge-3; {:?}; waiting {}; budget {}; pods {}",
+                    fleet.stats().per_target,
+                    s["waiting"],
+                    s["reconnectBudgetPerSecond"],
+                    s["pods"]
+                ))
             }
         },
     )
