@@ -146,8 +146,9 @@ async fn the_data_plane_outlives_a_frozen_control_plane_and_a_killed_sidecar() {
                 // What the operator says it waits for, should the move not finish.
                 let s = prc_status(&lc, "edge").await.unwrap_or_default();
                 Err(format!(
-                    "{n} on edge-3; {:?}; waiting {}; budget {}; pods {}",
-                    fleet.stats().per_target,
+                    "{n} on edge-3; fleet {:?}; targets {:?}; waiting {}; budget {}; pods {}",
+                    fleet.stats(),
+                    targets.snapshot(),
                     s["waiting"],
                     s["reconnectBudgetPerSecond"],
                     s["pods"]

@@ -15,7 +15,8 @@
 //! That total is too high by the agents counted twice, the fleet never gets "back" to it, and
 //! the migration would last until the offline threshold. A tick missing the report of a pod
 //! that holds agents counts too few and would end a migration early, so only complete ticks
-//! are remembered.
+//! are remembered: those outside a migration, and the one that ends it (the fleet at rest), so
+//! that a drain starting a second after a migration ended has a total to go by.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -136,9 +137,7 @@ impl Tracker {
             change = Some(Change::Started(started));
         }
         let Some(m) = self.current.as_mut() else {
-            if tick.complete {
-                self.recent.push((tick.now, tick.connections));
-            }
+            self.remember(tick);
             return None;
         };
         if tick.planned > 0 {
@@ -162,12 +161,26 @@ impl Tracker {
         let since_planned = tick.now - self.last_planned_at;
         let gave_up = since_planned > offline_threshold.as_secs() as i64;
         if tick.draining.is_empty() && since_planned >= QUIET && (everyone_back || gave_up) {
+            // No pod drains any more: every pod that drained is done, including one that
+            // finished while no leader watched (a resumed migration never saw it stop).
+            m.pods_done = m.pods_total;
             m.finished = Some(ballast_contract::clock::rfc3339(tick.now));
             let done = self.current.take().expect("current");
             self.last = Some(done.clone());
             change = Some(Change::Finished(done));
+            // The fleet at rest (no close for QUIET seconds, its agents back): a drain that
+            // starts a second later has this to go by, not only its own first tick, whose
+            // total may count its first closed agents twice.
+            self.remember(tick);
         }
         change
+    }
+
+    /// Keeps a complete tick's total, outside a migration, as a candidate "before".
+    fn remember(&mut self, tick: &Tick) {
+        if tick.complete {
+            self.recent.push((tick.now, tick.connections));
+        }
     }
 }
 
@@ -316,11 +329,46 @@ mod tests {
         roll.update(&tick(31, 1800, &["edge-2"], 0), threshold);
         let s = roll.status().unwrap();
         assert_eq!((s.pods_done, s.pods_total), (2, 3));
+        // edge-1 finished while no leader watched: done all the same once nothing drains.
+        let mut unseen = Tracker::resume(Some(&rolling), 40);
+        assert_eq!(unseen.update(&tick(40, 1800, &[], 0), threshold), None);
+        let Some(Change::Finished(f)) = unseen.update(&tick(43, 1800, &[], 0), threshold) else {
+            panic!("finished once nothing drains and the agents are back")
+        };
+        assert_eq!((f.pods_done, f.pods_total), (2, 2));
         // And the one after that keeps the finished migration visible.
         let after = Tracker::resume(Some(&m), 20);
         assert!(!after.active());
         assert_eq!(after.status(), Some(&m));
         assert_eq!(Tracker::resume(None, 20).status(), None);
+    }
+
+    #[test]
+    fn a_drain_right_after_a_migration_counts_from_the_fleet_at_rest() {
+        // A new leader resumes a migration, which ends 3 s later; a pod is deleted at once.
+        // Its first draining tick adds its older report to its neighbours' newer ones (32
+        // agents counted twice): "before" is the finishing tick's total, not that one.
+        let threshold = Duration::from_secs(60);
+        let resumed = MigrationStatus {
+            kind: "Drain".into(),
+            started: ballast_contract::clock::rfc3339(0),
+            connections_before: 1800,
+            planned_closes: 4,
+            connections_moved: 4,
+            ..MigrationStatus::default()
+        };
+        let mut t = Tracker::resume(Some(&resumed), 10);
+        for now in 10..13 {
+            assert_eq!(t.update(&tick(now, 1800, &[], 0), threshold), None);
+        }
+        assert!(matches!(
+            t.update(&tick(13, 1800, &[], 0), threshold),
+            Some(Change::Finished(_))
+        ));
+        let Some(Change::Started(m)) = t.update(&tick(14, 1832, &["edge-2"], 80), threshold) else {
+            panic!("started")
+        };
+        assert_eq!(m.connections_before, 1800);
     }
 
     #[test]
