@@ -714,6 +714,13 @@ async fn operator_end_to_end() {
     // ------------------------------------------------------------ a pod deleted with agents
     let s = prc_status(&lc, "edge").await.unwrap();
     let earlier = s["migration"]["started"].clone();
+    // The closes edge-1 made while no operator ran reach the new leader in its first reports:
+    // they count, but announce no migration of their own now (the last one is still the one
+    // the previous leader left, finished by now if it was under way).
+    assert_eq!(
+        earlier, status_left["migration"]["started"],
+        "a migration started by the new leader for closes made before it: {s}"
+    );
     let holding = s["pods"]
         .as_array()
         .unwrap()

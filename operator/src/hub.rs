@@ -61,6 +61,34 @@ struct Issued {
     at: Instant,
 }
 
+/// Closes a cluster's sidecars reported to this operator, running sums.
+///
+/// A sidecar holds its deltas until a report is answered, so a pod's first report to a new
+/// leader carries every close since the previous leader last answered it: seconds ago after a
+/// failover, hours ago after an outage of the operator. Those are kept apart as `earlier`:
+/// they count (metrics, a migration under way) but are no sign that one starts now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Closes {
+    pub planned: u64,
+    pub unplanned: u64,
+    pub earlier_planned: u64,
+    pub earlier_unplanned: u64,
+}
+
+impl Closes {
+    /// What was added since `before` (an earlier look at the same sums).
+    pub fn since(&self, before: &Closes) -> Closes {
+        Closes {
+            planned: self.planned.saturating_sub(before.planned),
+            unplanned: self.unplanned.saturating_sub(before.unplanned),
+            earlier_planned: self.earlier_planned.saturating_sub(before.earlier_planned),
+            earlier_unplanned: self
+                .earlier_unplanned
+                .saturating_sub(before.earlier_unplanned),
+        }
+    }
+}
+
 /// Shared between the report server and the observer.
 pub struct Hub {
     reports: Mutex<HashMap<PodKey, Received>>,
@@ -68,9 +96,9 @@ pub struct Hub {
     /// not handed out (an observer that stopped must not keep pods steered forever).
     wanted: Mutex<(Option<Instant>, HashMap<PodKey, Wanted>)>,
     issued: Mutex<HashMap<PodKey, Issued>>,
-    /// Planned and unplanned closes per `(namespace, cluster)`, summed as reports arrive, so
-    /// no report's deltas are lost however often the observer looks.
-    closes: Mutex<HashMap<(String, String), (u64, u64)>>,
+    /// Closes per `(namespace, cluster)`, summed as reports arrive, so no report's deltas are
+    /// lost however often the observer looks.
+    closes: Mutex<HashMap<(String, String), Closes>>,
     next_id: AtomicU64,
     /// This replica holds the Lease: only the leader answers with directives.
     pub leader: AtomicBool,
@@ -102,14 +130,25 @@ impl Hub {
     pub fn receive(&self, key: PodKey, received: Received) -> Directives {
         let now = received.at;
         let received_uid = received.uid.clone();
+        // Its first report to this operator: see [`Closes`].
+        let first = !self.reports.lock().expect("hub lock").contains_key(&key);
         {
             let closed = &received.report.closed;
+            let (planned, unplanned) = (
+                closed.get("drain").copied().unwrap_or(0),
+                closed.get("upstream").copied().unwrap_or(0),
+            );
             let mut closes = self.closes.lock().expect("hub lock");
             let sums = closes
                 .entry((key.0.clone(), received.cluster.clone()))
                 .or_default();
-            sums.0 += closed.get("drain").copied().unwrap_or(0);
-            sums.1 += closed.get("upstream").copied().unwrap_or(0);
+            if first {
+                sums.earlier_planned += planned;
+                sums.earlier_unplanned += unplanned;
+            } else {
+                sums.planned += planned;
+                sums.unplanned += unplanned;
+            }
         }
         self.reports
             .lock()
@@ -134,8 +173,8 @@ impl Hub {
             .collect()
     }
 
-    /// Planned and unplanned closes of a cluster since this operator started.
-    pub fn closes_of(&self, namespace: &str, cluster: &str) -> (u64, u64) {
+    /// The closes of a cluster reported to this operator since it started.
+    pub fn closes_of(&self, namespace: &str, cluster: &str) -> Closes {
         self.closes
             .lock()
             .expect("hub lock")
@@ -265,7 +304,35 @@ mod tests {
         closing.report.closed.insert("drain".into(), 5);
         hub.receive(key.clone(), closing.clone());
         hub.receive(key.clone(), closing);
-        assert_eq!(hub.closes_of("ns", "edge"), (10, 0));
+        assert_eq!(
+            hub.closes_of("ns", "edge"),
+            Closes {
+                planned: 10,
+                ..Closes::default()
+            }
+        );
+        // A pod's first report carries what it closed while no leader answered: earlier.
+        let mut first = received(t0 + Duration::from_secs(5));
+        first.report.closed.insert("drain".into(), 4);
+        first.report.closed.insert("upstream".into(), 1);
+        hub.receive(("ns".into(), "edge-1".into()), first);
+        let sums = hub.closes_of("ns", "edge");
+        assert_eq!(
+            (sums.planned, sums.earlier_planned, sums.earlier_unplanned),
+            (10, 4, 1)
+        );
+        assert_eq!(
+            sums.since(&Closes {
+                planned: 7,
+                ..Closes::default()
+            }),
+            Closes {
+                planned: 3,
+                unplanned: 0,
+                earlier_planned: 4,
+                earlier_unplanned: 1
+            }
+        );
         let reports = hub.reports_of("ns", "edge", t0);
         assert!(reports.contains_key("edge-0"));
         assert!(hub.reports_of("ns", "other", t0).is_empty());

@@ -49,6 +49,11 @@ pub struct Tick {
     /// Closes since the previous tick.
     pub planned: u64,
     pub unplanned: u64,
+    /// Closes in pods' first reports to this leader, made at some time while no leader
+    /// answered: added to a migration under way, but they start none (a new leader would
+    /// otherwise announce one for closes of an hour ago).
+    pub earlier_planned: u64,
+    pub earlier_unplanned: u64,
     pub budget_per_second: i64,
 }
 
@@ -150,8 +155,8 @@ impl Tracker {
         let done = self.drained.difference(&tick.draining).count() as i32;
         m.pods_done = done_before + done;
         m.pods_total = total_before.max(done_before + self.drained.len() as i32);
-        m.planned_closes += tick.planned as i64;
-        m.unplanned_closes += tick.unplanned as i64;
+        m.planned_closes += (tick.planned + tick.earlier_planned) as i64;
+        m.unplanned_closes += (tick.unplanned + tick.earlier_unplanned) as i64;
         m.budget_per_second = tick.budget_per_second;
         // Agents that came back: what the fleet regained since the planned closes took it
         // below where it started.
@@ -196,6 +201,8 @@ mod tests {
             draining: draining.iter().map(|s| s.to_string()).collect(),
             planned,
             unplanned: 0,
+            earlier_planned: 0,
+            earlier_unplanned: 0,
             budget_per_second: 100,
         }
     }
@@ -369,6 +376,35 @@ mod tests {
             panic!("started")
         };
         assert_eq!(m.connections_before, 1800);
+    }
+
+    #[test]
+    fn closes_made_while_no_leader_answered_start_no_migration_but_count_in_one() {
+        let threshold = Duration::from_secs(60);
+        // A new leader's first reports: 4 closes from the operator's absence, agents back.
+        let mut t = Tracker::resume(None, 100);
+        let first = Tick {
+            earlier_planned: 4,
+            ..tick(100, 1800, &[], 0)
+        };
+        assert_eq!(t.update(&first, threshold), None);
+        assert!(!t.active(), "nothing moves now");
+        // A failover mid-drain: the closes of the gap belong to the migration resumed.
+        let under_way = MigrationStatus {
+            kind: "Drain".into(),
+            connections_before: 1800,
+            planned_closes: 100,
+            connections_moved: 100,
+            ..MigrationStatus::default()
+        };
+        let mut t = Tracker::resume(Some(&under_way), 100);
+        let first = Tick {
+            earlier_planned: 50,
+            ..tick(100, 1750, &["edge-2"], 10)
+        };
+        t.update(&first, threshold);
+        let m = t.status().unwrap();
+        assert_eq!((m.planned_closes, m.connections_moved), (160, 110));
     }
 
     #[test]

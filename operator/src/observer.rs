@@ -81,8 +81,8 @@ struct ClusterMemory {
     /// The migration signal; `None` until read back from the status (a new leader goes on
     /// with a migration under way).
     tracker: Option<Tracker>,
-    /// The hub's planned and unplanned close sums at the previous tick.
-    counted: (u64, u64),
+    /// The hub's close sums at the previous tick.
+    counted: crate::hub::Closes,
     steering_refused: bool,
     /// Pods (uids) seen Ready: see [`PodView::available`].
     been_ready: BTreeSet<String>,
@@ -381,13 +381,15 @@ impl Observer {
         mem.planner = Some(plan.state);
 
         // Closes since the last tick, from the hub's running sums.
-        let (planned_total, unplanned_total) = self.hub.closes_of(ns, name);
-        let (planned, unplanned) = (
-            planned_total.saturating_sub(mem.counted.0),
-            unplanned_total.saturating_sub(mem.counted.1),
+        let sums = self.hub.closes_of(ns, name);
+        let closes = sums.since(&mem.counted);
+        mem.counted = sums;
+        self.metrics.closes(
+            ns,
+            name,
+            closes.planned + closes.earlier_planned,
+            closes.unplanned + closes.earlier_unplanned,
         );
-        mem.counted = (planned_total, unplanned_total);
-        self.metrics.closes(ns, name, planned, unplanned);
         let draining: BTreeSet<String> = reports
             .iter()
             .filter(|(_, r)| r.report.draining.is_some())
@@ -406,8 +408,9 @@ impl Observer {
             namespace = ns,
             name,
             connections,
-            planned,
-            unplanned,
+            planned = closes.planned,
+            unplanned = closes.unplanned,
+            earlier_planned = closes.earlier_planned,
             pods = ?views
                 .iter()
                 .map(|v| (v.name.as_str(), v.report.as_ref().map(|r| r.connections.total)))
@@ -431,8 +434,10 @@ impl Observer {
                 complete: views.iter().any(|v| v.report.is_some())
                     && views.iter().all(|v| v.report.is_some() || !v.been_ready),
                 draining,
-                planned,
-                unplanned,
+                planned: closes.planned,
+                unplanned: closes.unplanned,
+                earlier_planned: closes.earlier_planned,
+                earlier_unplanned: closes.earlier_unplanned,
                 budget_per_second: budget.round() as i64,
             },
             offline,
