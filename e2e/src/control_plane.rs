@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context as _};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// A free TCP port on 127.0.0.1 (free when asked; the caller binds it soon after).
 ///
@@ -89,11 +88,7 @@ impl ControlPlane {
 
     /// An admin client for this control plane.
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
-        let kc = Kubeconfig::read_from(&self.kubeconfig)?;
-        let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .context("loading the kubeconfig")?;
-        Ok(kube::Client::try_from(config)?)
+        crate::api_clients::client_from(&self.kubeconfig).await
     }
 
     /// Runs kubectl or helm (`tool`) against this control plane: (success, stdout+stderr).

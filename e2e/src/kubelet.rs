@@ -66,9 +66,11 @@ struct PodHandle {
 /// PIDs of running container processes, shared with the embedding program (tests).
 pub type Pids = Arc<Mutex<BTreeMap<String, u32>>>;
 
-/// Runs the kubelet until `shutdown` completes; then stops every pod's processes.
+/// Runs the kubelet until `shutdown` completes; then stops every pod's processes. `client`
+/// makes its requests, `watches` its watch of the node's pods (see [`crate::api_clients`]).
 pub async fn run(
     client: Client,
+    watches: Client,
     config: KubeletConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
@@ -94,7 +96,7 @@ pub async fn run(
         pids: Mutex::new(BTreeMap::new()),
     });
 
-    let api: Api<Pod> = Api::all(client.clone());
+    let api: Api<Pod> = Api::all(watches);
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", config.node_name));
     let mut events = watcher(api, wc).boxed();
     let mut handles: BTreeMap<String, PodHandle> = BTreeMap::new();

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod api_clients;
 pub mod control_plane;
 pub mod endpoints;
 pub mod env;

@@ -12,10 +12,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use ballast_e2e::api_clients;
 use ballast_e2e::images::ImageTable;
 use ballast_e2e::kubelet::{self, KubeletConfig};
 use clap::{Parser, Subcommand};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 
 #[derive(Parser)]
 #[command(
@@ -160,7 +160,7 @@ async fn main() -> Result<()> {
             ramp,
             duration,
         } => {
-            let client = client_from(&kubeconfig).await?.1;
+            let client = api_clients::client_from(&kubeconfig).await?;
             let (targets, _follower) = ballast_e2e::endpoints::follow(
                 client,
                 &namespace,
@@ -190,7 +190,7 @@ async fn main() -> Result<()> {
             service,
             port,
         } => {
-            let client = client_from(&kubeconfig).await?.1;
+            let client = api_clients::client_from(&kubeconfig).await?;
             let targets =
                 ballast_e2e::endpoints::targets(&client, &namespace, &service, port.as_deref())
                     .await?;
@@ -206,7 +206,9 @@ async fn main() -> Result<()> {
             pod_subnet,
             shutdown_grace_seconds,
         } => {
-            let (apiserver_port, client) = client_from(&kubeconfig).await?;
+            let api = api_clients::config_from(&kubeconfig).await?;
+            let apiserver_port = kubelet::loopback_apiserver_port(&api)?;
+            let (client, watches) = (api_clients::requests(&api)?, api_clients::watches(&api)?);
             let bin_dir = match bin_dir {
                 Some(d) => d,
                 None => std::env::current_exe()?
@@ -229,22 +231,10 @@ async fn main() -> Result<()> {
                 pod_subnet,
                 shutdown_grace: Duration::from_secs(shutdown_grace_seconds),
             };
-            kubelet::run(client, config, shutdown_signal()).await?;
+            kubelet::run(client, watches, config, shutdown_signal()).await?;
         }
     }
     Ok(())
-}
-
-/// A client from a kubeconfig file, and the loopback port of its apiserver.
-async fn client_from(kubeconfig: &std::path::Path) -> Result<(u16, kube::Client)> {
-    let kc = Kubeconfig::read_from(kubeconfig)
-        .with_context(|| format!("reading {}", kubeconfig.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .context("loading kubeconfig")?;
-    let apiserver_port = kubelet::loopback_apiserver_port(&config)?;
-    let client = kube::Client::try_from(config).context("building client")?;
-    Ok((apiserver_port, client))
 }
 
 async fn shutdown_signal() {

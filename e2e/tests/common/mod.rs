@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::ListParams;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Api, Client};
 
@@ -416,11 +415,9 @@ pub async fn start(tag: &str, pod_binaries: &[&str]) -> LocalCluster {
     };
 
     let kubeconfig = dir.join("kubeconfig");
-    let kc = Kubeconfig::read_from(&kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    let client = ballast_e2e::api_clients::client_from(&kubeconfig)
         .await
         .unwrap();
-    let client = Client::try_from(config).unwrap();
 
     // ---------------------------------------------------------------- kubelet
     let node_name = format!("{tag}-node");
